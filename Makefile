@@ -1,0 +1,33 @@
+# Two commands on a fresh machine with Python 3.11:
+#   make demo   - set up .venv and run the main job (data summary until the grid lands)
+#   make test   - set up .venv and run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.skinadv-installed
+# Real data: $SKINADV_HAM10000, else ../shared/data/ham10000 when present, else synthetic.
+SKINADV_HAM10000 ?= $(abspath ../shared/data/ham10000)
+DATA ?= $(if $(wildcard $(SKINADV_HAM10000)/HAM10000_metadata.csv),$(SKINADV_HAM10000),synthetic)
+export SKINADV_HAM10000
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+# torch first, pinned: pip then takes the local CPU build instead of a multi-GB CUDA one.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	@echo "data: $(DATA)"
+	$(BIN)/skinadv data summary --data $(DATA)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

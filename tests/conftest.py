@@ -1,0 +1,38 @@
+"""Shared fixtures: where the real HAM10000 data lives (CI always has it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_path() -> Path:
+    """``$SKINADV_HAM10000`` or ``../shared/data/ham10000`` beside the repository."""
+    return Path(os.environ.get("SKINADV_HAM10000") or REPO.parent / "shared" / "data" / "ham10000")
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    path = real_data_path()
+    if not (path / "HAM10000_metadata.csv").is_file():
+        pytest.fail(
+            f"real HAM10000 data not found at {path}: set SKINADV_HAM10000 to the folder "
+            "holding HAM10000_metadata.csv and images_200x150/"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_npz(real_data_dir: Path) -> Path:
+    return real_data_dir / "ham10000_28x28_rgb.npz"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test session caches resized images in its own folder, never in ~/.cache."""
+    cache = tmp_path_factory.getbasetemp() / "skinadv-cache"
+    monkeypatch.setenv("SKINADV_CACHE_DIR", str(cache))
