@@ -22,6 +22,14 @@ app = typer.Typer(
 data_app = typer.Typer(help="Load, inspect and convert data sources.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+
+def _register_commands() -> None:
+    """Merge the command groups defined beside the data commands (flat: ``skinadv grid``)."""
+    from skinadv.commands import experiment, grid, stack
+
+    for module in (experiment, grid, stack):
+        app.add_typer(module.app)
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -120,6 +128,9 @@ def data_prepare(
     ds = load_with_progress(data, size)
     ds.save_npz(out)
     console.print(f"wrote {out} ({len(ds)} images, {ds.size}x{ds.size}, fingerprint {ds.fingerprint()})")
+
+
+_register_commands()
 
 
 def main() -> None:

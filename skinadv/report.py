@@ -55,14 +55,15 @@ def flatten_metrics(results: Mapping[str, Mapping[str, Mapping[str, float]]]) ->
     """``{"transfer": {"clean": {...}, "fgsm": {...}}, "whitebox": {...}}`` -> flat metric dict.
 
     Only scalar metrics in ``METRICS`` are kept (``mel_recall`` is read from
-    ``per_class_recall["mel"]`` when present).
+    ``recall["mel"]`` when melanoma is in the scored set).
     """
     flat: dict[str, float] = {}
     for protocol, by_attack in results.items():
         for attack, metrics in by_attack.items():
             values = dict(metrics)
-            if "mel_recall" not in values and "per_class_recall" in values:
-                values["mel_recall"] = values["per_class_recall"]["mel"]
+            mel = (values.get("recall") or {}).get("mel")
+            if "mel_recall" not in values and mel is not None:
+                values["mel_recall"] = mel
             for metric in METRICS:
                 if metric in values:
                     flat[metric_key(protocol, attack, metric)] = float(values[metric])
@@ -382,3 +383,26 @@ def save_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
     written["report.md"] = atomic_write_bytes(out_dir / "report.md", to_markdown(report).encode())
     written["report.html"] = atomic_write_bytes(out_dir / "report.html", to_html(report).encode())
     return written
+
+
+def records_table(records: Sequence[Mapping]):
+    """A rich table of the records for the terminal (accuracy %, transfer / white-box)."""
+    from rich.table import Table
+
+    table = Table(title="grid results (%): accuracy clean / transfer (tr) / white-box (wb)")
+    for col in ("cell", "clean", "FGSM tr", "FGSM wb", "PGD tr", "PGD wb", "bal acc",
+                "PGD wb bal", "mel recall"):
+        table.add_column(col, justify="right")
+
+    def pct(r: Mapping, key: str) -> str:
+        return f"{100 * r[key]:.1f}" if r.get(key) is not None else "-"
+
+    order = {m: i for i, m in enumerate((None, *METHODS))}
+    for r in sorted(records, key=lambda r: (order.get(r.get("method"), 9), r.get("fraction")
+                                            or 0, r.get("seed", 0))):
+        table.add_row(r["cell"] + (f" s{r['seed']}" if r.get("seed") else ""),
+                      pct(r, "clean_accuracy"), pct(r, "transfer_fgsm_accuracy"),
+                      pct(r, "whitebox_fgsm_accuracy"), pct(r, "transfer_pgd_accuracy"),
+                      pct(r, "whitebox_pgd_accuracy"), pct(r, "clean_balanced_accuracy"),
+                      pct(r, "whitebox_pgd_balanced_accuracy"), pct(r, "clean_mel_recall"))
+    return table

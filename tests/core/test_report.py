@@ -11,7 +11,7 @@ from skinadv.report import Example, build_report, flatten_metrics, records_frame
 def record(method, fraction, seed=0, *, clean=0.6, t_fgsm=0.5, t_pgd=0.4, w_fgsm=0.3, w_pgd=0.1):
     nested = {
         "transfer": {"clean": {"accuracy": clean, "balanced_accuracy": clean - 0.1,
-                               "per_class_recall": {"mel": 0.42}},
+                               "recall": {"mel": 0.42, "nv": 0.9}},
                      "fgsm": {"accuracy": t_fgsm, "balanced_accuracy": t_fgsm - 0.1},
                      "pgd": {"accuracy": t_pgd, "balanced_accuracy": t_pgd - 0.1}},
         "whitebox": {"fgsm": {"accuracy": w_fgsm, "balanced_accuracy": w_fgsm - 0.1},

@@ -1,0 +1,76 @@
+"""``skinadv up``: start the local MLflow, Prefect and Ray services and keep them running."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(no_args_is_help=False, pretty_exceptions_enable=False)
+console = Console(stderr=True)
+
+
+@app.command("up")
+def up(
+    run_dir: Annotated[
+        Path,
+        typer.Option(
+            "--run-dir",
+            help="Folder for the services' databases, artifacts and logs.",
+            envvar="SKINADV_RUN_DIR",
+        ),
+    ] = Path("runs/stack"),
+    no_ray: Annotated[bool, typer.Option("--no-ray", help="Do not start a Ray head.")] = False,
+    ray_cpus: Annotated[
+        int | None,
+        typer.Option("--ray-cpus", min=1, help="CPUs the Ray head offers (default: all)."),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, help="Seconds to wait for each service to answer.")
+    ] = 240.0,
+) -> None:
+    """Start MLflow, Prefect and Ray on 127.0.0.1 and keep them up until Ctrl-C.
+
+    A service whose variable is set (MLFLOW_TRACKING_URI, PREFECT_API_URL, RAY_ADDRESS)
+    is used as it is and not started. Other shells reach the services through the
+    printed `export` lines.
+    """
+    from skinadv.stack import Stack, StackError
+
+    stack = Stack(
+        run_dir, ray=not no_ray, ray_num_cpus=ray_cpus, console=console, timeout_s=timeout
+    )
+    try:
+        with stack:
+            stack.print_addresses(console)
+            exports = " ".join(
+                f"{var}={value}"
+                for var, value in (
+                    ("MLFLOW_TRACKING_URI", stack.mlflow_tracking_uri),
+                    ("PREFECT_API_URL", stack.prefect_api_url),
+                    ("RAY_ADDRESS", stack.ray_address),
+                )
+                if value
+            )
+            console.print(f"to use them from another shell:\n  export {exports}", soft_wrap=True)
+            console.print(f"logs in {stack.run_dir / 'logs'}; press Ctrl-C to stop")
+            while True:
+                time.sleep(1)
+                dead = stack.dead_services()
+                if dead:
+                    for name in dead:
+                        console.print(
+                            f"[bold red]{name} stopped unexpectedly[/]; last lines of its log:\n"
+                            f"{stack.log_tail(name)}",
+                            highlight=False,
+                        )
+                    raise typer.Exit(1)
+    except StackError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        pass  # the with block has stopped the services already
+    console.print("services stopped")

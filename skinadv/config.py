@@ -1,0 +1,350 @@
+"""Experiment configuration: one pydantic model per concern, YAML presets, a stable hash.
+
+Presets live in ``skinadv/presets/<name>.yaml`` (read with ``yaml.safe_load``) and take
+overrides as a dict or ``"a.b=value"`` strings (values parsed as YAML scalars / lists):
+
+    cfg = load_preset("quick", ["train.epochs=2", "attack.pgd.steps=5"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+METHODS: tuple[str, ...] = ("fgsm", "pgd", "mix")
+NORMS: tuple[str, ...] = ("linf", "l2")
+
+
+def check_eps(eps: float, what: str = "eps") -> float:
+    """``eps`` is a perturbation budget in [0, 1] pixel units; negative makes no sense."""
+    if not eps >= 0:  # also catches NaN
+        raise ValueError(f"{what} must be >= 0 (a budget in [0, 1] pixel units), got {eps}")
+    return eps
+
+
+def check_fraction(fraction: float) -> float:
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1] (share of the training set), got {fraction}")
+    return fraction
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"unknown adversarial training method {method!r}; "
+                         f"choose one of {', '.join(METHODS)}")
+    return method
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Config):
+    """Where the images come from and how they are split."""
+
+    spec: str = "../shared/data/ham10000"
+    size: int = Field(28, ge=4)
+    test_size: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+    group_by_lesion: bool = False
+    oversample: bool = True
+    #: a stratified subset of the full set (before splitting), for quick runs
+    subset: int | None = Field(None, ge=14)
+
+
+class ModelConfig(_Config):
+    """Which registered model, with its factory arguments."""
+
+    name: str = "paper_cnn"
+    width: int = Field(32, ge=1)
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from skinadv.models import MODELS
+
+        if v not in MODELS:
+            raise ValueError(f"unknown model {v!r}; available: {', '.join(sorted(MODELS))}")
+        return v
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``create_model(self.name, **kwargs)``."""
+        return {"width": self.width, "dropout": self.dropout}
+
+
+class FGSMConfig(_Config):
+    eps: float = 0.2
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, v: float) -> float:
+        return check_eps(v)
+
+
+class PGDConfig(_Config):
+    eps: float = 0.3
+    alpha: float = 0.2
+    steps: int = 50
+    random_start: bool = True
+    restarts: int = 1
+    norm: str = "linf"
+
+    @field_validator("eps", "alpha")
+    @classmethod
+    def _budget(cls, v: float, info: Any) -> float:
+        return check_eps(v, info.field_name)
+
+    @field_validator("steps", "restarts")
+    @classmethod
+    def _positive(cls, v: int, info: Any) -> int:
+        if v < 1:
+            raise ValueError(f"{info.field_name} must be >= 1, got {v}")
+        return v
+
+    @field_validator("norm")
+    @classmethod
+    def _norm(cls, v: str) -> str:
+        if v not in NORMS:
+            raise ValueError(f"unknown norm {v!r}; choose one of {', '.join(NORMS)}")
+        return v
+
+
+class MIFGSMConfig(_Config):
+    eps: float = 0.3
+    alpha: float | None = None  # None: eps / steps (Dong et al.)
+    steps: int = Field(10, ge=1)
+    decay: float = Field(1.0, ge=0.0)
+
+    @field_validator("eps", "alpha")
+    @classmethod
+    def _budget(cls, v: float | None, info: Any) -> float | None:
+        return v if v is None else check_eps(v, info.field_name)
+
+
+class AttackConfig(_Config):
+    """Attack settings (paper: FGSM eps 0.2; PGD L-inf eps 0.3, alpha 0.2, 50 steps)."""
+
+    fgsm: FGSMConfig = FGSMConfig()
+    pgd: PGDConfig = PGDConfig()
+    mifgsm: MIFGSMConfig = MIFGSMConfig()
+    batch_size: int = Field(256, ge=1)
+
+    def kwargs(self, attack: str) -> dict[str, Any]:
+        """Keyword arguments for ``ATTACKS[attack]`` (e.g. ``{"eps": 0.2}`` for fgsm)."""
+        if attack not in ("fgsm", "pgd", "mifgsm"):
+            raise ValueError(f"unknown attack {attack!r}; choose one of fgsm, pgd, mifgsm")
+        return getattr(self, attack).model_dump()
+
+    def specs(self, attacks: Iterable[str] = ("fgsm", "pgd")) -> dict[str, dict[str, Any]]:
+        """Attack specs for ``evaluate``: ``{name: {"attack": name, **kwargs}}``."""
+        return {a: {"attack": a, **self.kwargs(a)} for a in attacks}
+
+
+class TrainConfig(_Config):
+    """The training loop (Adam on cross-entropy)."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0.0)
+    optimizer: Literal["adam"] = "adam"
+    weight_decay: float = Field(0.0, ge=0.0)
+    seed: int = 0
+    device: str = "auto"
+
+
+class AdvTrainConfig(_Config):
+    """Static adversarial augmentation: ``fraction`` of the training set, crafted with ``method``."""
+
+    method: str = "fgsm"
+    fraction: float = 0.2
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        return check_method(v)
+
+    @field_validator("fraction")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        return check_fraction(v)
+
+
+class ExperimentConfig(_Config):
+    """Everything one grid run needs: data, model, attacks, training and the grid axes."""
+
+    name: str = "experiment"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    attack: AttackConfig = AttackConfig()
+    train: TrainConfig = TrainConfig()
+    methods: list[str] = Field(default_factory=lambda: list(METHODS))
+    fractions: list[float] = Field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        for m in v:
+            check_method(m)
+        if not v:
+            raise ValueError("methods must name at least one of fgsm, pgd, mix")
+        return v
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        for f in v:
+            check_fraction(f)
+        if not v:
+            raise ValueError("fractions must hold at least one value in (0, 1]")
+        return v
+
+    @model_validator(mode="after")
+    def _seeds(self) -> ExperimentConfig:
+        if not self.seeds:
+            raise ValueError("seeds must hold at least one seed")
+        return self
+
+    def cells(self) -> list[AdvTrainConfig]:
+        """The grid's cells (method x fraction), in a stable order."""
+        return [AdvTrainConfig(method=m, fraction=f) for m in self.methods for f in self.fractions]
+
+
+def config_hash(obj: BaseModel | Mapping[str, Any]) -> str:
+    """Stable 16-hex sha256 of ``obj``'s canonical JSON (sorted keys, no whitespace)."""
+    data = obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def available_presets() -> list[str]:
+    """Names of the presets shipped in ``skinadv/presets``."""
+    root = resources.files("skinadv") / "presets"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
+    text_name = str(name_or_path)
+    if text_name in available_presets():
+        res = resources.files("skinadv") / "presets" / f"{text_name}.yaml"
+        text, where = res.read_text(), f"preset {text_name!r}"
+    elif Path(text_name).suffix in (".yaml", ".yml") and Path(text_name).is_file():
+        text, where = Path(text_name).read_text(), text_name
+    else:
+        raise ValueError(f"unknown preset {text_name!r}; available presets: "
+                         f"{', '.join(available_presets())} (or a path to a .yaml file)")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{where}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping at the top level")
+    return data, where
+
+
+def parse_overrides(overrides: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:
+    """``["a.b=1", ...]`` or ``{"a.b": 1}`` / nested dicts -> a flat ``{"a.b": value}`` dict."""
+    if overrides is None:
+        return {}
+    flat: dict[str, Any] = {}
+    if isinstance(overrides, Mapping):
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, Mapping) and value:
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                flat[prefix] = value
+
+        walk("", overrides)
+        return flat
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must look like key.sub=value")
+        try:
+            flat[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+    return flat
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any] | Iterable[str] | None,
+                    ) -> dict[str, Any]:
+    """A copy of ``data`` with dotted-key overrides applied (unknown keys fail validation)."""
+    out = json.loads(json.dumps(data))  # deep copy of plain YAML data
+    for key, value in parse_overrides(overrides).items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            elif not isinstance(nxt, dict):
+                raise ValueError(f"override {key!r}: {part!r} is a value, not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def load_preset(name_or_path: str | Path = "quick",
+                overrides: Mapping[str, Any] | Iterable[str] | None = None) -> ExperimentConfig:
+    """Load a preset (``quick``, ``paper``, or a YAML path) and apply overrides.
+
+    Raises:
+        ValueError: unknown preset (naming the available ones), bad override syntax, or a
+            pydantic ``ValidationError`` (a ValueError) for unknown keys and bad values.
+    """
+    data, _ = _read_yaml(name_or_path)
+    data.setdefault("name", Path(str(name_or_path)).stem)
+    return ExperimentConfig.model_validate(apply_overrides(data, overrides))
+
+
+def grid_config(preset: str | Path = "quick", *, data: str | None = None,
+                methods: Iterable[str] | None = None, fractions: Iterable[float] | None = None,
+                seeds: Iterable[int] | None = None,
+                overrides: Mapping[str, Any] | Iterable[str] | None = None) -> ExperimentConfig:
+    """A preset with the grid's parameters (data spec, axes) and overrides applied."""
+    extra: dict[str, Any] = parse_overrides(overrides)
+    if data:
+        extra["data.spec"] = str(data)
+    if methods:
+        extra["methods"] = list(methods)
+    if fractions:
+        extra["fractions"] = [float(f) for f in fractions]
+    if seeds:
+        extra["seeds"] = [int(s) for s in seeds]
+    return load_preset(preset, extra)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a user: pydantic errors as ``loc: message; ...``, others their text."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ())) or "config"
+            msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg}")
+        return "; ".join(parts)
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
+__all__ = [
+    "METHODS", "NORMS", "AdvTrainConfig", "AttackConfig", "DataConfig", "ExperimentConfig",
+    "FGSMConfig", "MIFGSMConfig", "ModelConfig", "PGDConfig", "TrainConfig", "apply_overrides",
+    "available_presets", "check_eps", "check_fraction", "check_method", "config_hash",
+    "describe_error", "grid_config", "load_preset", "parse_overrides",
+]

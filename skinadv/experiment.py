@@ -1,0 +1,161 @@
+"""The grid's science steps as plain functions (no Prefect, Ray or MLflow).
+
+tasks/ wrap these one-to-one; a notebook can call them directly:
+
+    cfg = load_preset("quick")
+    prep = prepare_data(cfg.data)
+    vanilla = train_model(cfg, prep.train, seed=0)
+    sets = transfer_sets(cfg, vanilla.model, prep.test)
+    pool = adversarial_pool(vanilla.model, *prep.train.to_float(), method="pgd",
+                            fraction=max(cfg.fractions), attack_cfg=cfg.attack, seed=0)
+    cell = train_model(cfg, augment(*prep.train.to_float(), pool, 0.4), seed=0)
+    evals = evaluate_both(cfg, cell.model, prep.test, sets)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from skinadv import __version__
+from skinadv.config import ExperimentConfig, config_hash
+from skinadv.data import CLASSES, Dataset
+from skinadv.evaluation import evaluate
+from skinadv.evaluation.checks import eps_sweep, sanity_checks, sweep
+from skinadv.evaluation.evaluate import craft_transfer_sets, predict
+from skinadv.report import Example, flatten_metrics
+from skinadv.training import TrainResult, fit
+
+log = logging.getLogger(__name__)
+
+ATTACKS_SCORED = ("fgsm", "pgd")
+
+
+def vanilla_hash(cfg: ExperimentConfig, fingerprint: str, seed: int) -> str:
+    """Keys reuse of a vanilla model: data, model, training, attacks, seed, code version."""
+    return config_hash({
+        "kind": "vanilla", "fingerprint": fingerprint, "data": cfg.data.model_dump(mode="json"),
+        "model": cfg.model.model_dump(), "train": cfg.train.model_dump(),
+        "attack": cfg.attack.model_dump(), "seed": seed, "version": __version__,
+    })
+
+
+def cell_hash(vanilla: str, cfg: ExperimentConfig, method: str, fraction: float, seed: int,
+              max_fraction: float) -> str:
+    """Keys reuse of a cell: its vanilla model's hash, method, fraction, the pool's size."""
+    return config_hash({"kind": "cell", "vanilla": vanilla, "method": method,
+                        "fraction": fraction, "pool_fraction": max_fraction, "seed": seed})
+
+
+def train_model(cfg: ExperimentConfig, train: Dataset | tuple[np.ndarray, np.ndarray], *,
+                seed: int, on_epoch=None) -> TrainResult:
+    """A freshly initialised ``cfg.model`` trained with ``cfg.train`` under ``seed``."""
+    return fit(cfg.model, train, cfg.train.model_copy(update={"seed": seed}), on_epoch=on_epoch)
+
+
+def attack_specs(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
+    return cfg.attack.specs(ATTACKS_SCORED)
+
+
+def transfer_sets(cfg: ExperimentConfig, vanilla: nn.Module, test: Dataset, *, seed: int = 0,
+                  progress: Any = None) -> dict[str, np.ndarray]:
+    """FGSM / PGD test sets crafted once against the vanilla model (transfer protocol)."""
+    x, y = test.to_float()
+    return craft_transfer_sets(vanilla, x, y, attack_specs(cfg), batch_size=cfg.attack.batch_size,
+                               seed=seed, progress=progress)
+
+
+def evaluate_both(cfg: ExperimentConfig, model: nn.Module, test: Dataset,
+                  sets: Mapping[str, np.ndarray], *, is_vanilla: bool = False,
+                  seed: int = 0) -> dict[str, Any]:
+    """Both protocols. For the vanilla model the transfer sets *are* its white-box attacks
+    (same attack, same seed, same model), so they are scored once and reported twice."""
+    x, y = test.to_float()
+    specs = attack_specs(cfg)
+    transfer = evaluate(model, x, y, attacks=specs, protocol="transfer", transfer_sets=sets,
+                        batch_size=cfg.attack.batch_size, seed=seed, progress=False)
+    if is_vanilla:
+        whitebox = {**transfer, "protocol": "whitebox"}
+    else:
+        whitebox = evaluate(model, x, y, attacks=specs, protocol="whitebox",
+                            batch_size=cfg.attack.batch_size, seed=seed, progress=False)
+    return {"transfer": transfer, "whitebox": whitebox}
+
+
+def flat_metrics(evals: Mapping[str, Any]) -> dict[str, float]:
+    """``clean_accuracy``, ``transfer_pgd_balanced_accuracy``, ... (see skinadv.report)."""
+    return flatten_metrics({p: ev["metrics"] for p, ev in evals.items()})
+
+
+def sanity_sweeps(cfg: ExperimentConfig, model: nn.Module, test: Dataset, *,
+                  max_images: int = 500, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """The sweeps behind the Carlini checks, on (at most) ``max_images`` test images."""
+    x, y = test.to_float()
+    x, y = x[:max_images], y[:max_images]
+    pgd = cfg.attack.pgd
+    base = {"eps": pgd.eps, "alpha": pgd.alpha, "norm": pgd.norm, "random_start": True}
+    steps = sorted({1, max(1, pgd.steps // 2), pgd.steps})
+    return {
+        "eps": eps_sweep(model, x, y, (0.0, 2 / 255, 8 / 255, 0.1, 0.2, 0.3, 0.5),
+                         steps=min(pgd.steps, 10), seed=seed),
+        "steps": sweep(model, x, y, "pgd", "steps", steps, seed=seed, restarts=1, **base),
+        "restarts": sweep(model, x, y, "pgd", "restarts", [1, 2], seed=seed,
+                          steps=min(pgd.steps, 10), **base),
+    }
+
+
+def run_sanity_checks(evals_by_model: Mapping[str, Mapping[str, Any]],
+                      sweeps: Mapping[str, Any] | None) -> list[tuple[str, str, str]]:
+    checks = sanity_checks({"models": dict(evals_by_model), "sweeps": dict(sweeps or {})})
+    return [(c.name, c.status, c.detail) for c in checks]
+
+
+def pick_examples(model: nn.Module, test: Dataset, sets: Mapping[str, np.ndarray]) -> list[Example]:
+    """One image per attack that the model gets right clean and wrong under attack (the
+    paper's Figures 1-2); falls back to the first image when none is fooled."""
+    x, y = test.to_float()
+    pred, prob = predict(model, x)
+    out = []
+    for attack, x_adv in sets.items():
+        apred, aprob = predict(model, x_adv)
+        fooled = np.flatnonzero((pred == y) & (apred != y))
+        i = int(fooled[np.argmax(aprob[fooled, apred[fooled]])]) if fooled.size else 0
+        out.append(Example(
+            attack=attack, x=x[i].transpose(1, 2, 0), x_adv=np.asarray(x_adv[i]).transpose(1, 2, 0),
+            true_class=CLASSES[y[i]], clean_pred=CLASSES[pred[i]],
+            clean_prob=float(prob[i, pred[i]]), adv_pred=CLASSES[apred[i]],
+            adv_prob=float(aprob[i, apred[i]]),
+        ))
+    return out
+
+
+def confusion_figure(evals: Mapping[str, Any], title: str):
+    """Confusion matrices (clean, FGSM, PGD white-box) as one matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    panels = [("clean", evals["transfer"]["metrics"]["clean"])]
+    panels += [(f"{a.upper()} {p}", evals[p]["metrics"][a]) for p in ("transfer", "whitebox")
+               for a in ATTACKS_SCORED if a in evals[p]["metrics"]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    for ax, (name, m) in zip(axes[0], panels):
+        cm = np.asarray(m["confusion_matrix"])
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=6)
+        ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(CLASSES)), CLASSES, fontsize=7)
+        ax.set_title(f"{name}\nacc {m['accuracy']:.1%}", fontsize=8)
+        ax.set_xlabel("predicted", fontsize=7)
+    axes[0][0].set_ylabel("true", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(max(1, int(n)))

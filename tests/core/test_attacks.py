@@ -1,0 +1,169 @@
+"""Attacks: parametrized over ATTACKS (shape, range, bound, determinism), plus the
+properties that matter for the paper's numbers, checked on a model trained on real data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from skinadv.attacks import ATTACKS, _l2_project, _linf_project, craft, fgsm, pgd
+from skinadv.evaluation import score
+
+#: small settings per attack; a new attack gets an eps-only default and is checked too
+KWARGS: dict[str, dict[str, Any]] = {
+    "fgsm": {"eps": 0.1},
+    "pgd": {"eps": 0.1, "alpha": 0.03, "steps": 3},
+    "mifgsm": {"eps": 0.1, "steps": 3},
+}
+
+
+def kwargs_for(name: str, **over: Any) -> dict[str, Any]:
+    return {**KWARGS.get(name, {"eps": 0.1}), **over}
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_shape_range_bound(name, small_model, rand_batch):
+    x, y = rand_batch
+    x_adv = ATTACKS[name](small_model, x, y, **kwargs_for(name))
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.device == x.device
+    assert not x_adv.requires_grad
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6
+    assert (x_adv - x).abs().max() > 0.05  # it did move
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_deterministic_under_seed(name, small_model, rand_batch):
+    x, y = rand_batch
+    a = craft(small_model, x, y, name, batch_size=5, seed=3, **kwargs_for(name))
+    b = craft(small_model, x, y, name, batch_size=5, seed=3, **kwargs_for(name))
+    assert torch.equal(a, b)
+
+
+def test_random_start_depends_on_seed(small_model, rand_batch):
+    x, y = rand_batch
+    a = craft(small_model, x, y, "pgd", seed=1, **kwargs_for("pgd"))
+    b = craft(small_model, x, y, "pgd", seed=2, **kwargs_for("pgd"))
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_eps_zero_is_identity(name, small_model, rand_batch):
+    x, y = rand_batch
+    assert torch.equal(ATTACKS[name](small_model, x, y, **kwargs_for(name, eps=0.0)), x)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_craft_leaves_mode_and_grads_alone(name, small_model, rand_batch):
+    x, y = rand_batch
+    model = small_model.train()
+    model.fc.eval()  # a mixed-mode model: each submodule's mode must come back
+    for p in model.parameters():
+        p.grad = None
+    bn = model.features[1]
+    stats = bn.running_mean.clone()
+    craft(model, x, y, name, **kwargs_for(name))
+    assert model.training and not model.fc.training and model.features[0].training
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(bn.running_mean, stats)  # eval() during the attack: BN stats frozen
+
+
+def test_pgd_one_step_equals_fgsm(small_model, rand_batch):
+    x, y = rand_batch
+    a = fgsm(small_model, x, y, eps=0.05)
+    b = pgd(small_model, x, y, eps=0.05, alpha=0.05, steps=1, random_start=False)
+    assert torch.equal(a, b)
+
+
+def test_l2_pgd_stays_in_ball(small_model, rand_batch):
+    x, y = rand_batch
+    x_adv = pgd(small_model, x, y, eps=0.5, alpha=0.2, steps=4, norm="l2",
+                generator=torch.Generator().manual_seed(0))
+    norms = (x_adv - x).flatten(1).norm(dim=1)
+    assert (norms <= 0.5 + 1e-5).all() and norms.max() > 0.1
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_projections():
+    x = torch.full((2, 3, 4, 4), 0.5)
+    far = x + torch.randn(2, 3, 4, 4)
+    assert (_linf_project(far, x, 0.1) - x).abs().max() <= 0.1 + 1e-7
+    d = (_l2_project(far, x, 0.3) - x).flatten(1).norm(dim=1)
+    assert (d <= 0.3 + 1e-6).all()
+    near = x + 0.01
+    assert torch.allclose(_l2_project(near, x, 10.0), near)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, x, y: fgsm(m, x, y, eps=-0.1), "eps must be >= 0"),
+    (lambda m, x, y: pgd(m, x, y, eps=-1, alpha=0.1, steps=2), "eps must be >= 0"),
+    (lambda m, x, y: pgd(m, x, y, eps=0.1, alpha=0.1, steps=0), "steps must be an integer >= 1"),
+    (lambda m, x, y: pgd(m, x, y, eps=0.1, alpha=0.1, steps=2, restarts=0), "restarts must"),
+    (lambda m, x, y: pgd(m, x, y, eps=0.1, alpha=0.1, steps=2, norm="l1"), "unknown norm 'l1'"),
+    (lambda m, x, y: ATTACKS["mifgsm"](m, x, y, eps=0.1, steps=0), "steps must"),
+    (lambda m, x, y: craft(m, x, y, "cw", eps=0.1), "unknown attack 'cw'; choose one of fgsm"),
+    (lambda m, x, y: craft(m, x, y, "fgsm", eps=-0.5), "eps must be >= 0"),
+])
+def test_bad_arguments(call, message, small_model, rand_batch):
+    with pytest.raises(ValueError, match=message):
+        call(small_model, *rand_batch)
+
+
+def test_targeted_moves_towards_target(small_model, rand_batch):
+    x, y = rand_batch
+    target = torch.full_like(y, 3)
+    with torch.no_grad():
+        before = small_model(x).log_softmax(-1)[:, 3].mean()
+        x_adv = pgd(small_model, x, y, eps=0.3, alpha=0.05, steps=10, random_start=False,
+                    target=target)
+        after = small_model(x_adv).log_softmax(-1)[:, 3].mean()
+    assert after > before
+
+
+def test_craft_progress_callback_and_numpy(small_model, rand_batch):
+    x, y = rand_batch
+    seen = []
+    out = craft(small_model, x.numpy(), y.numpy(), "fgsm", batch_size=5, eps=0.1,
+                progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(5, 12), (10, 12), (12, 12)]
+    assert isinstance(out, torch.Tensor) and out.shape == x.shape
+
+
+# ----------------------------------------------------------------- on a model trained on real data
+
+
+def test_trained_model_beats_chance(tiny_trained, tiny_test):
+    x, y = tiny_test
+    assert score(tiny_trained.model, x, y)["accuracy"] > 0.6
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_robust_accuracy_not_above_clean(name, tiny_trained, tiny_test):
+    x, y = tiny_test
+    model = tiny_trained.model
+    clean = score(model, x, y)["accuracy"]
+    x_adv = craft(model, x, y, name, seed=0, **kwargs_for(name, eps=4 / 255))
+    assert score(model, x_adv, y)["accuracy"] < clean
+
+
+def test_pgd_stronger_than_fgsm_at_same_eps(tiny_trained, tiny_test):
+    x, y = tiny_test
+    model = tiny_trained.model
+    eps = 2 / 255
+    acc_fgsm = score(model, craft(model, x, y, "fgsm", eps=eps), y)["accuracy"]
+    acc_pgd = score(model, craft(model, x, y, "pgd", eps=eps, alpha=eps / 4, steps=10, seed=0),
+                    y)["accuracy"]
+    assert acc_pgd < acc_fgsm
+    assert acc_fgsm < score(model, x, y)["accuracy"]
+
+
+def test_restarts_never_worse(tiny_trained, tiny_test):
+    x, y = tiny_test
+    model = tiny_trained.model
+    # one batch: the first of the three restarts then starts where the single run does
+    kw = {"eps": 2 / 255, "alpha": 1 / 255, "steps": 3, "batch_size": len(x)}
+    one = score(model, craft(model, x, y, "pgd", seed=0, restarts=1, **kw), y)["accuracy"]
+    three = score(model, craft(model, x, y, "pgd", seed=0, restarts=3, **kw), y)["accuracy"]
+    assert three <= one

@@ -1,0 +1,100 @@
+"""Model registry and weights-only checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from skinadv.data import CLASSES
+from skinadv.models import MODELS, create_model, load_model, read_model_config, save_model
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("size", [28, 32, 64])
+def test_registered_models_give_logits_for_square_inputs(name, size):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7, width=4).eval()
+    x = torch.rand(3, 3, size, size)
+    out = model(x)
+    assert out.shape == (3, 7)
+    assert torch.isfinite(out).all()
+    assert not torch.allclose(out.softmax(-1).sum(-1), out.sum(-1))  # logits, not probabilities
+
+
+def test_paper_cnn_layout():
+    model = create_model("paper_cnn", width=8)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    fcs = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(convs) == 5 and len(bns) == 5 and len(fcs) == 1
+    assert any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
+    assert any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+
+
+def test_unknown_model_lists_names():
+    with pytest.raises(ValueError, match="unknown model 'vgg'; available: paper_cnn"):
+        create_model("vgg")
+    with pytest.raises(ValueError, match="bad arguments"):
+        create_model("paper_cnn", depth=3)
+
+
+def test_save_load_round_trip(tmp_path, monkeypatch):
+    torch.manual_seed(1)
+    model = create_model("paper_cnn", width=6, dropout=0.1).eval()
+    path = save_model(model, tmp_path / "sub" / "m.pt", {"image_size": 28, "note": "x"})
+    assert path.is_file() and (tmp_path / "sub" / "m.pt.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["m.pt", "m.pt.json"]
+    meta = json.loads((tmp_path / "sub" / "m.pt.json").read_text())
+    assert meta["name"] == "paper_cnn" and meta["kwargs"] == {"width": 6, "dropout": 0.1}
+    assert meta["class_names"] == list(CLASSES) and meta["note"] == "x"
+
+    seen = {}
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    loaded, cfg = load_model(path, "cpu")
+    assert seen.get("weights_only") is True
+    assert cfg == read_model_config(path) and not loaded.training
+    x = torch.rand(4, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    model = create_model("paper_cnn", width=4)
+    path = save_model(model, tmp_path / "m.pt")
+    # replace the weights by a pickle of an arbitrary object: weights_only must refuse it
+    torch.save({"evil": torch.nn.Linear(2, 2)}, path)
+    with pytest.raises(ValueError, match="not a loadable weights-only checkpoint"):
+        load_model(path)
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="no such model checkpoint"):
+        load_model(tmp_path / "missing.pt")
+    model = create_model("paper_cnn", width=4)
+    path = save_model(model, tmp_path / "m.pt")
+    (tmp_path / "m.pt.json").unlink()
+    with pytest.raises(ValueError, match="m.pt.json is missing"):
+        load_model(path)
+    path = save_model(model, tmp_path / "w.pt")
+    meta = json.loads((tmp_path / "w.pt.json").read_text())
+    meta["kwargs"]["width"] = 8
+    (tmp_path / "w.pt.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="weights do not fit"):
+        load_model(path)
+
+
+def test_save_needs_a_name_and_json(tmp_path):
+    plain = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="needs the model 'name'"):
+        save_model(plain, tmp_path / "p.pt")
+    with pytest.raises(ValueError, match="not JSON-serialisable"):
+        save_model(create_model("paper_cnn", width=4), tmp_path / "q.pt", {"bad": object()})
+    assert list(tmp_path.iterdir()) == []  # nothing half-written

@@ -1,0 +1,156 @@
+"""Training loop determinism, data preparation, adversarial pools and augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from skinadv.config import AttackConfig, DataConfig, FGSMConfig, ModelConfig, PGDConfig, TrainConfig
+from skinadv.training import (
+    AdvPool,
+    EpochStats,
+    adversarial_pool,
+    augment,
+    fit,
+    prepare_data,
+    select_device,
+)
+
+FAST = TrainConfig(epochs=1, batch_size=64, lr=2e-3, seed=5, device="cpu")
+ATTACK = AttackConfig(fgsm=FGSMConfig(eps=0.2), pgd=PGDConfig(eps=0.3, alpha=0.2, steps=2))
+
+
+@pytest.fixture(scope="module")
+def small_train(tiny_split):
+    """203 real training images (an odd count, so rounding matters)."""
+    x, y = tiny_split[0].to_float()
+    return x[:203], y[:203]
+
+
+def test_fit_same_seed_same_weights(small_train):
+    a = fit(ModelConfig(width=4), small_train, FAST)
+    b = fit(ModelConfig(width=4), small_train, FAST)
+    c = fit(ModelConfig(width=4), small_train, FAST.model_copy(update={"seed": 6}))
+    sa, sb, sc = a.model.state_dict(), b.model.state_dict(), c.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert not a.model.training
+
+
+def test_fit_hook_and_result(small_train):
+    seen: list[EpochStats] = []
+    res = fit("paper_cnn", small_train, FAST.model_copy(update={"epochs": 2}),
+              on_epoch=seen.append, model_kwargs={"width": 4})
+    assert [s.epoch for s in seen] == [1, 2] and res.history == seen
+    assert all(np.isfinite(s.loss) and 0 <= s.train_acc <= 1 and s.seconds > 0 for s in seen)
+    assert res.n_train == 203 and res.device == "cpu"
+    assert res.model_config["kwargs"] == {"width": 4}
+
+
+def test_fit_learns_on_real_data(tiny_trained):
+    hist = tiny_trained.history
+    assert hist[-1].loss < hist[0].loss and hist[-1].train_acc > 0.6
+
+
+def test_fit_rejects_bad_data():
+    with pytest.raises(ValueError, match=r"x must be \(N, 3, H, W\)"):
+        fit("paper_cnn", (np.zeros((4, 28, 28, 3), np.float32), np.zeros(4)), FAST)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        fit("paper_cnn", (np.full((4, 3, 28, 28), 255, np.float32), np.zeros(4)), FAST)
+
+
+def test_select_device():
+    assert select_device("cpu").type == "cpu"
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        select_device("tpu9")
+
+
+def test_prepare_data_split_and_oversample(real_ds):
+    prep = prepare_data(DataConfig(spec="unused", subset=1000, seed=0, oversample=True), real_ds)
+    assert len(prep.train_raw) == 800 and len(prep.test) == 200
+    counts = np.bincount(prep.train.labels, minlength=7)
+    assert (counts == counts.max()).all()  # balanced by oversampling
+    assert prep.fingerprint == real_ds.fingerprint()
+    assert not set(prep.test.image_id) & set(prep.train.image_id)
+
+
+@pytest.fixture(scope="module")
+def pools(tiny_trained, small_train):
+    x, y = small_train
+    return {m: adversarial_pool(tiny_trained.model, x, y, method=m, fraction=0.8,
+                                attack_cfg=ATTACK, seed=3, progress=False)
+            for m in ("fgsm", "pgd", "mix")}
+
+
+@pytest.mark.parametrize("method", ["fgsm", "pgd", "mix"])
+@pytest.mark.parametrize("fraction", [0.2, 0.4, 0.6, 0.8])
+def test_augment_adds_round_fraction_n(pools, small_train, method, fraction):
+    x, y = small_train
+    xa, ya = augment(x, y, pools[method], fraction)
+    k = round(fraction * 203)
+    assert xa.shape == (203 + k, 3, 28, 28) and ya.shape == (203 + k,)
+    assert np.array_equal(xa[:203], x) and np.array_equal(ya[:203], y)
+    assert np.array_equal(ya[203:], y[pools[method].indices(fraction)])
+
+
+@pytest.mark.parametrize("method", ["fgsm", "pgd", "mix"])
+def test_pools_are_nested_and_within_budget(pools, small_train, method):
+    x, _ = small_train
+    pool = pools[method]
+    prev = set()
+    for f in (0.2, 0.4, 0.6, 0.8):
+        idx = pool.indices(f)
+        assert prev <= set(idx.tolist())  # 0.2 inside 0.4 inside 0.6 inside 0.8
+        prev = set(idx.tolist())
+        xa, _ = pool.take(f, 203)
+        assert np.array_equal(xa, pool.x_adv[: len(idx)])
+    assert len(set(pool.index.tolist())) == len(pool)  # rows drawn without replacement
+    delta = np.abs(pool.x_adv - x[pool.index]).reshape(len(pool), -1).max(1)
+    budget = np.where(pool.kinds == "fgsm", 0.2, 0.3)
+    assert (delta <= budget + 1e-6).all() and (delta > 0.1).all()
+    assert pool.x_adv.min() >= 0 and pool.x_adv.max() <= 1
+
+
+def test_mix_is_half_and_half_in_every_prefix(pools):
+    pool = pools["mix"]
+    for f in (0.2, 0.4, 0.6, 0.8):
+        kinds = pool.kinds[: len(pool.indices(f))]
+        assert abs(int((kinds == "fgsm").sum()) - int((kinds == "pgd").sum())) <= 1
+    assert set(pools["fgsm"].kinds) == {"fgsm"} and set(pools["pgd"].kinds) == {"pgd"}
+
+
+def test_pool_same_seed_same_examples(tiny_trained, small_train, pools):
+    x, y = small_train
+    again = adversarial_pool(tiny_trained.model, x, y, method="pgd", fraction=0.8,
+                             attack_cfg=ATTACK, seed=3, progress=False)
+    assert np.array_equal(again.index, pools["pgd"].index)
+    assert np.array_equal(again.x_adv, pools["pgd"].x_adv)
+
+
+def test_pool_save_load(pools, tmp_path):
+    path = pools["mix"].save(tmp_path / "pool.npz")
+    back = AdvPool.load(path)
+    assert back.method == "mix" and back.n_train == 203 and back.attack == pools["mix"].attack
+    assert np.array_equal(back.x_adv, pools["mix"].x_adv)
+    assert list(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.2])
+def test_bad_fraction(tiny_trained, small_train, fraction):
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+        adversarial_pool(tiny_trained.model, *small_train, method="fgsm", fraction=fraction,
+                         attack_cfg=ATTACK)
+
+
+def test_bad_method_and_take(tiny_trained, small_train, pools):
+    with pytest.raises(ValueError, match="unknown adversarial training method 'bim'"):
+        adversarial_pool(tiny_trained.model, *small_train, method="bim", fraction=0.2,
+                         attack_cfg=ATTACK)
+    with pytest.raises(ValueError, match="craft for the largest fraction"):
+        pools["fgsm"].take(0.9)
+    with pytest.raises(ValueError, match="crafted from 203"):
+        pools["fgsm"].take(0.2, 500)
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+        augment(*small_train, pools["fgsm"], 0.0)
