@@ -1,5 +1,5 @@
 # Two commands on a fresh machine with Python 3.11:
-#   make demo   - set up .venv and run the main job (data summary until the grid lands)
+#   make demo   - set up .venv and run the main job: the quick grid (services started locally)
 #   make test   - set up .venv and run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.skinadv-installed
 # Real data: $SKINADV_HAM10000, else ../shared/data/ham10000 when present, else synthetic.
 SKINADV_HAM10000 ?= $(abspath ../shared/data/ham10000)
-DATA ?= $(if $(wildcard $(SKINADV_HAM10000)/HAM10000_metadata.csv),$(SKINADV_HAM10000),synthetic)
+DATA ?= $(if $(wildcard $(SKINADV_HAM10000)/HAM10000_metadata.csv),$(SKINADV_HAM10000),synthetic:3000)
 export SKINADV_HAM10000
 
 .PHONY: setup demo test clean
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	@echo "data: $(DATA)"
-	$(BIN)/skinadv data summary --data $(DATA)
+	$(BIN)/skinadv grid --preset quick --data $(DATA) $(GRID_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -22,8 +22,8 @@ from rich.console import Console
 
 from skinadv import experiment as exp
 from skinadv import tracking
-from skinadv.report import records_table
 from skinadv.config import ExperimentConfig, describe_error, grid_config
+from skinadv.report import records_table
 from tasks.grid import (
     craft_pool,
     craft_transfer,
@@ -62,12 +62,15 @@ class Progress:
     def set(self, label: str, status: str) -> None:
         if self.status.get(label) != status:
             self.status[label] = status
-            counts = {s: sum(v == s for v in self.status.values()) for s in
-                      ("done", "reused", "failed")}
-            console.print(f"[dim]{time.perf_counter() - self.started:6.0f}s[/] "
-                          f"{label:<12} {status:<10} "
-                          f"[dim]({counts['done']} done, {counts['reused']} reused, "
-                          f"{counts['failed']} failed of {len(self.status)})[/]")
+            counts = {
+                s: sum(v == s for v in self.status.values()) for s in ("done", "reused", "failed")
+            }
+            console.print(
+                f"[dim]{time.perf_counter() - self.started:6.0f}s[/] "
+                f"{label:<12} {status:<10} "
+                f"[dim]({counts['done']} done, {counts['reused']} reused, "
+                f"{counts['failed']} failed of {len(self.status)})[/]"
+            )
 
     def poll(self) -> None:
         for label, stages in self.futures.items():
@@ -109,42 +112,57 @@ def grid_flow(
 ) -> dict[str, Any]:
     """Train and score the methods x fractions grid; reuse finished cells unless ``force``."""
     logger = get_run_logger()
-    cfg = grid_config(preset, data=data, methods=methods, fractions=fractions, seeds=seeds,
-                      overrides=overrides)
+    cfg = grid_config(
+        preset, data=data, methods=methods, fractions=fractions, seeds=seeds, overrides=overrides
+    )
     workdir = str(Path(workdir).resolve())
     out_dir = str(Path(out_dir or Path(workdir).parent / "report" / experiment).resolve())
     parent = tracking.start_run(
-        experiment, name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}", kind="parent",
-        params={"preset": cfg.name, "data": cfg.data.spec, "methods": cfg.methods,
-                "fractions": cfg.fractions, "seeds": cfg.seeds, "force": force,
-                "config_hash": exp.config_hash(cfg), "code_version": exp.__version__},
+        experiment,
+        name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
+        kind="parent",
+        params={
+            "preset": cfg.name,
+            "data": cfg.data.spec,
+            "methods": cfg.methods,
+            "fractions": cfg.fractions,
+            "seeds": cfg.seeds,
+            "force": force,
+            "config_hash": exp.config_hash(cfg),
+            "code_version": exp.__version__,
+        },
     )
     logger.info("MLflow experiment %r, parent run %s", experiment, parent)
     try:
-        result = _run_grid(cfg, experiment=experiment, parent=parent, force=force,
-                           workdir=workdir, out_dir=out_dir)
+        result = _run_grid(
+            cfg, experiment=experiment, parent=parent, force=force, workdir=workdir, out_dir=out_dir
+        )
     except BaseException as exc:
         tracking.fail_run(parent, f"{type(exc).__name__}: {describe_error(exc)}")
         raise
     failed = result["failed"]
     if failed:
         tracking.fail_run(parent, f"cells failed: {', '.join(failed)}")
-        raise RuntimeError(f"{len(failed)} cell(s) failed: {', '.join(failed)}; rerun to retry "
-                           "them (finished cells are reused)")
+        raise RuntimeError(
+            f"{len(failed)} cell(s) failed: {', '.join(failed)}; rerun to retry "
+            "them (finished cells are reused)"
+        )
     tracking.finish_run(parent)
     return result
 
 
-def _run_grid(cfg: ExperimentConfig, *, experiment: str, parent: str, force: bool,
-              workdir: str, out_dir: str) -> dict[str, Any]:
+def _run_grid(
+    cfg: ExperimentConfig, *, experiment: str, parent: str, force: bool, workdir: str, out_dir: str
+) -> dict[str, Any]:
     data = prepare_data_task(cfg, workdir)
     resources = ray_resources()
     common = {"experiment": experiment, "parent_run_id": parent, "workdir": workdir}
     max_fraction = max(cfg.fractions)
     labels = [f"vanilla-s{s}" if len(cfg.seeds) > 1 else "vanilla" for s in cfg.seeds]
     cells = list(itertools.product(cfg.seeds, cfg.methods, cfg.fractions))
-    cell_label = {c: f"{c[1]}@{c[2]:g}" + (f"-s{c[0]}" if len(cfg.seeds) > 1 else "")
-                  for c in cells}
+    cell_label = {
+        c: f"{c[1]}@{c[2]:g}" + (f"-s{c[0]}" if len(cfg.seeds) > 1 else "") for c in cells
+    }
     progress = Progress(labels + list(cell_label.values()))
     outcomes: dict[str, Any] = {}  # label -> evaluate future or reused outcome
     first_vanilla: dict[str, Any] = {}
@@ -156,16 +174,24 @@ def _run_grid(cfg: ExperimentConfig, *, experiment: str, parent: str, force: boo
             h = exp.cell_hash(vhash, cfg, c[1], c[2], seed, max_fraction)
             reused = None if force else tracking.find_complete(experiment, h)
             if reused is not None:
-                outcomes[cell_label[c]] = {"run_id": reused.info.run_id, "cell": cell_label[c],
-                                           "seed": seed, "reused": True}
+                outcomes[cell_label[c]] = {
+                    "run_id": reused.info.run_id,
+                    "cell": cell_label[c],
+                    "seed": seed,
+                    "reused": True,
+                }
                 progress.set(cell_label[c], "reused")
             else:
                 todo.append((c, h))
         transfer = None
         with remote_options(**resources):
             if reused_v is not None:
-                outcomes[vlabel] = {"run_id": reused_v.info.run_id, "cell": "vanilla",
-                                    "seed": seed, "reused": True}
+                outcomes[vlabel] = {
+                    "run_id": reused_v.info.run_id,
+                    "cell": "vanilla",
+                    "seed": seed,
+                    "reused": True,
+                }
                 progress.set(vlabel, "reused")
                 vanilla = fetch_weights(reused_v.info.run_id, workdir) if todo else None
                 if vanilla is not None:
@@ -174,20 +200,33 @@ def _run_grid(cfg: ExperimentConfig, *, experiment: str, parent: str, force: boo
                 vanilla = train_vanilla.submit(cfg, data, seed=seed, config_hash=vhash, **common)
                 progress.track(vlabel, "training", vanilla)
             if vanilla is not None:
-                transfer = craft_transfer.submit(cfg, data, vanilla, config_hash=vhash,
-                                                 workdir=workdir)
+                transfer = craft_transfer.submit(
+                    cfg, data, vanilla, config_hash=vhash, workdir=workdir
+                )
             if reused_v is None:
                 ev = evaluate_model.submit(cfg, data, vanilla, transfer, is_vanilla=True)
                 progress.track(vlabel, "evaluating", ev)
                 outcomes[vlabel] = ev
-            pools = {m: craft_pool.submit(cfg, data, vanilla, method=m, seed=seed,
-                                          config_hash=vhash, workdir=workdir)
-                     for m in cfg.methods if any(c[1] == m for c, _ in todo)}
-            for (c, h) in todo:
+            pools = {
+                m: craft_pool.submit(
+                    cfg, data, vanilla, method=m, seed=seed, config_hash=vhash, workdir=workdir
+                )
+                for m in cfg.methods
+                if any(c[1] == m for c, _ in todo)
+            }
+            for c, h in todo:
                 label = cell_label[c]
                 trained = train_cell.submit(
-                    cfg, data, pools[c[1]], method=c[1], fraction=c[2], seed=seed,
-                    config_hash=h, vanilla=vanilla, **common)
+                    cfg,
+                    data,
+                    pools[c[1]],
+                    method=c[1],
+                    fraction=c[2],
+                    seed=seed,
+                    config_hash=h,
+                    vanilla=vanilla,
+                    **common,
+                )
                 progress.track(label, "crafting", pools[c[1]])
                 progress.track(label, "training", trained)
                 ev = evaluate_model.submit(cfg, data, trained, transfer)
@@ -207,33 +246,53 @@ def _run_grid(cfg: ExperimentConfig, *, experiment: str, parent: str, force: boo
     vanilla_ref = first_vanilla.get("vanilla")
     transfer_ref = first_vanilla.get("transfer")
     report = gather(
-        cfg, data, run_ids,
+        cfg,
+        data,
+        run_ids,
         vanilla=vanilla_ref.result() if isinstance(vanilla_ref, PrefectFuture) else vanilla_ref,
-        transfer_path=transfer_ref.result() if isinstance(transfer_ref, PrefectFuture)
+        transfer_path=transfer_ref.result()
+        if isinstance(transfer_ref, PrefectFuture)
         else transfer_ref,
-        parent_run_id=parent, out_dir=out_dir,
-        context={"experiment": experiment, "preset": cfg.name, "data": cfg.data.spec,
-                 "data kind": data["kind"], "images (train after oversampling / test)":
-                 f"{data['n_train']} / {data['n_test']}", "fingerprint": data["fingerprint"],
-                 "seeds": cfg.seeds, "parent run": parent},
+        parent_run_id=parent,
+        out_dir=out_dir,
+        context={
+            "experiment": experiment,
+            "preset": cfg.name,
+            "data": cfg.data.spec,
+            "data kind": data["kind"],
+            "images (train after oversampling / test)": f"{data['n_train']} / {data['n_test']}",
+            "fingerprint": data["fingerprint"],
+            "seeds": cfg.seeds,
+            "parent run": parent,
+        },
     )
     console.print(records_table(report["records"]))
     for name, status, detail in report["checks"]:
-        console.print(f"[{'green' if status == 'pass' else 'yellow'}]{status.upper()}[/] "
-                      f"{name}: {detail}")
+        console.print(
+            f"[{'green' if status == 'pass' else 'yellow'}]{status.upper()}[/] {name}: {detail}"
+        )
     statuses = progress.status
-    return {"parent_run_id": parent, "out_dir": out_dir, "failed": failed,
-            "reused": sorted(k for k, v in statuses.items() if v == "reused"),
-            "trained": sorted(k for k, v in statuses.items() if v == "done"),
-            "records": report["records"], "report_files": report["files"]}
+    return {
+        "parent_run_id": parent,
+        "out_dir": out_dir,
+        "failed": failed,
+        "reused": sorted(k for k, v in statuses.items() if v == "reused"),
+        "trained": sorted(k for k, v in statuses.items() if v == "done"),
+        "records": report["records"],
+        "report_files": report["files"],
+    }
 
 
-def make_task_runner(address: str | None = None, env: dict[str, str] | None = None,
-                     ) -> RayTaskRunner:
+def make_task_runner(
+    address: str | None = None,
+    env: dict[str, str] | None = None,
+) -> RayTaskRunner:
     """The Ray runner, with the Prefect/MLflow addresses passed to every worker."""
     env = {**tracking.env_for_workers(), **(env or {})}
-    return RayTaskRunner(address=address or os.environ.get("RAY_ADDRESS"),
-                         init_kwargs={"runtime_env": {"env_vars": env}})
+    return RayTaskRunner(
+        address=address or os.environ.get("RAY_ADDRESS"),
+        init_kwargs={"runtime_env": {"env_vars": env}},
+    )
 
 
 def run_grid(**params: Any) -> dict[str, Any]:

@@ -37,8 +37,9 @@ def check_fraction(fraction: float) -> float:
 
 def check_method(method: str) -> str:
     if method not in METHODS:
-        raise ValueError(f"unknown adversarial training method {method!r}; "
-                         f"choose one of {', '.join(METHODS)}")
+        raise ValueError(
+            f"unknown adversarial training method {method!r}; choose one of {', '.join(METHODS)}"
+        )
     return method
 
 
@@ -161,7 +162,7 @@ class TrainConfig(_Config):
 
 
 class AdvTrainConfig(_Config):
-    """Static adversarial augmentation: ``fraction`` of the training set, crafted with ``method``."""
+    """Static adversarial augmentation: a ``fraction`` of the training set, by ``method``."""
 
     method: str = "fgsm"
     fraction: float = 0.2
@@ -242,8 +243,10 @@ def _read_yaml(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
     elif Path(text_name).suffix in (".yaml", ".yml") and Path(text_name).is_file():
         text, where = Path(text_name).read_text(), text_name
     else:
-        raise ValueError(f"unknown preset {text_name!r}; available presets: "
-                         f"{', '.join(available_presets())} (or a path to a .yaml file)")
+        raise ValueError(
+            f"unknown preset {text_name!r}; available presets: "
+            f"{', '.join(available_presets())} (or a path to a .yaml file)"
+        )
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -259,6 +262,7 @@ def parse_overrides(overrides: Mapping[str, Any] | Iterable[str] | None) -> dict
         return {}
     flat: dict[str, Any] = {}
     if isinstance(overrides, Mapping):
+
         def walk(prefix: str, value: Any) -> None:
             if isinstance(value, Mapping) and value:
                 for k, v in value.items():
@@ -280,8 +284,10 @@ def parse_overrides(overrides: Mapping[str, Any] | Iterable[str] | None) -> dict
     return flat
 
 
-def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any] | Iterable[str] | None,
-                    ) -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any],
+    overrides: Mapping[str, Any] | Iterable[str] | None,
+) -> dict[str, Any]:
     """A copy of ``data`` with dotted-key overrides applied (unknown keys fail validation)."""
     out = json.loads(json.dumps(data))  # deep copy of plain YAML data
     for key, value in parse_overrides(overrides).items():
@@ -298,8 +304,9 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any] | Iterabl
     return out
 
 
-def load_preset(name_or_path: str | Path = "quick",
-                overrides: Mapping[str, Any] | Iterable[str] | None = None) -> ExperimentConfig:
+def load_preset(
+    name_or_path: str | Path = "quick", overrides: Mapping[str, Any] | Iterable[str] | None = None
+) -> ExperimentConfig:
     """Load a preset (``quick``, ``paper``, or a YAML path) and apply overrides.
 
     Raises:
@@ -311,10 +318,15 @@ def load_preset(name_or_path: str | Path = "quick",
     return ExperimentConfig.model_validate(apply_overrides(data, overrides))
 
 
-def grid_config(preset: str | Path = "quick", *, data: str | None = None,
-                methods: Iterable[str] | None = None, fractions: Iterable[float] | None = None,
-                seeds: Iterable[int] | None = None,
-                overrides: Mapping[str, Any] | Iterable[str] | None = None) -> ExperimentConfig:
+def grid_config(
+    preset: str | Path = "quick",
+    *,
+    data: str | None = None,
+    methods: Iterable[str] | None = None,
+    fractions: Iterable[float] | None = None,
+    seeds: Iterable[int] | None = None,
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+) -> ExperimentConfig:
     """A preset with the grid's parameters (data spec, axes) and overrides applied."""
     extra: dict[str, Any] = parse_overrides(overrides)
     if data:
@@ -343,8 +355,25 @@ def describe_error(exc: BaseException) -> str:
 
 
 __all__ = [
-    "METHODS", "NORMS", "AdvTrainConfig", "AttackConfig", "DataConfig", "ExperimentConfig",
-    "FGSMConfig", "MIFGSMConfig", "ModelConfig", "PGDConfig", "TrainConfig", "apply_overrides",
-    "available_presets", "check_eps", "check_fraction", "check_method", "config_hash",
-    "describe_error", "grid_config", "load_preset", "parse_overrides",
+    "METHODS",
+    "NORMS",
+    "AdvTrainConfig",
+    "AttackConfig",
+    "DataConfig",
+    "ExperimentConfig",
+    "FGSMConfig",
+    "MIFGSMConfig",
+    "ModelConfig",
+    "PGDConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "available_presets",
+    "check_eps",
+    "check_fraction",
+    "check_method",
+    "config_hash",
+    "describe_error",
+    "grid_config",
+    "load_preset",
+    "parse_overrides",
 ]

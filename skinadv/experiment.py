@@ -38,22 +38,48 @@ ATTACKS_SCORED = ("fgsm", "pgd")
 
 def vanilla_hash(cfg: ExperimentConfig, fingerprint: str, seed: int) -> str:
     """Keys reuse of a vanilla model: data, model, training, attacks, seed, code version."""
-    return config_hash({
-        "kind": "vanilla", "fingerprint": fingerprint, "data": cfg.data.model_dump(mode="json"),
-        "model": cfg.model.model_dump(), "train": cfg.train.model_dump(),
-        "attack": cfg.attack.model_dump(), "seed": seed, "version": __version__,
-    })
+    return config_hash(
+        {
+            "kind": "vanilla",
+            "fingerprint": fingerprint,
+            "data": cfg.data.model_dump(mode="json"),
+            "model": cfg.model.model_dump(),
+            "train": cfg.train.model_dump(),
+            "attack": cfg.attack.model_dump(),
+            "seed": seed,
+            "version": __version__,
+        }
+    )
 
 
-def cell_hash(vanilla: str, cfg: ExperimentConfig, method: str, fraction: float, seed: int,
-              max_fraction: float) -> str:
+def cell_hash(
+    vanilla: str,
+    cfg: ExperimentConfig,
+    method: str,
+    fraction: float,
+    seed: int,
+    max_fraction: float,
+) -> str:
     """Keys reuse of a cell: its vanilla model's hash, method, fraction, the pool's size."""
-    return config_hash({"kind": "cell", "vanilla": vanilla, "method": method,
-                        "fraction": fraction, "pool_fraction": max_fraction, "seed": seed})
+    return config_hash(
+        {
+            "kind": "cell",
+            "vanilla": vanilla,
+            "method": method,
+            "fraction": fraction,
+            "pool_fraction": max_fraction,
+            "seed": seed,
+        }
+    )
 
 
-def train_model(cfg: ExperimentConfig, train: Dataset | tuple[np.ndarray, np.ndarray], *,
-                seed: int, on_epoch=None) -> TrainResult:
+def train_model(
+    cfg: ExperimentConfig,
+    train: Dataset | tuple[np.ndarray, np.ndarray],
+    *,
+    seed: int,
+    on_epoch=None,
+) -> TrainResult:
     """A freshly initialised ``cfg.model`` trained with ``cfg.train`` under ``seed``."""
     return fit(cfg.model, train, cfg.train.model_copy(update={"seed": seed}), on_epoch=on_epoch)
 
@@ -62,28 +88,59 @@ def attack_specs(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
     return cfg.attack.specs(ATTACKS_SCORED)
 
 
-def transfer_sets(cfg: ExperimentConfig, vanilla: nn.Module, test: Dataset, *, seed: int = 0,
-                  progress: Any = None) -> dict[str, np.ndarray]:
+def transfer_sets(
+    cfg: ExperimentConfig, vanilla: nn.Module, test: Dataset, *, seed: int = 0, progress: Any = None
+) -> dict[str, np.ndarray]:
     """FGSM / PGD test sets crafted once against the vanilla model (transfer protocol)."""
     x, y = test.to_float()
-    return craft_transfer_sets(vanilla, x, y, attack_specs(cfg), batch_size=cfg.attack.batch_size,
-                               seed=seed, progress=progress)
+    return craft_transfer_sets(
+        vanilla,
+        x,
+        y,
+        attack_specs(cfg),
+        batch_size=cfg.attack.batch_size,
+        seed=seed,
+        progress=progress,
+    )
 
 
-def evaluate_both(cfg: ExperimentConfig, model: nn.Module, test: Dataset,
-                  sets: Mapping[str, np.ndarray], *, is_vanilla: bool = False,
-                  seed: int = 0) -> dict[str, Any]:
+def evaluate_both(
+    cfg: ExperimentConfig,
+    model: nn.Module,
+    test: Dataset,
+    sets: Mapping[str, np.ndarray],
+    *,
+    is_vanilla: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Both protocols. For the vanilla model the transfer sets *are* its white-box attacks
     (same attack, same seed, same model), so they are scored once and reported twice."""
     x, y = test.to_float()
     specs = attack_specs(cfg)
-    transfer = evaluate(model, x, y, attacks=specs, protocol="transfer", transfer_sets=sets,
-                        batch_size=cfg.attack.batch_size, seed=seed, progress=False)
+    transfer = evaluate(
+        model,
+        x,
+        y,
+        attacks=specs,
+        protocol="transfer",
+        transfer_sets=sets,
+        batch_size=cfg.attack.batch_size,
+        seed=seed,
+        progress=False,
+    )
     if is_vanilla:
         whitebox = {**transfer, "protocol": "whitebox"}
     else:
-        whitebox = evaluate(model, x, y, attacks=specs, protocol="whitebox",
-                            batch_size=cfg.attack.batch_size, seed=seed, progress=False)
+        whitebox = evaluate(
+            model,
+            x,
+            y,
+            attacks=specs,
+            protocol="whitebox",
+            batch_size=cfg.attack.batch_size,
+            seed=seed,
+            progress=False,
+        )
     return {"transfer": transfer, "whitebox": whitebox}
 
 
@@ -92,8 +149,9 @@ def flat_metrics(evals: Mapping[str, Any]) -> dict[str, float]:
     return flatten_metrics({p: ev["metrics"] for p, ev in evals.items()})
 
 
-def sanity_sweeps(cfg: ExperimentConfig, model: nn.Module, test: Dataset, *,
-                  max_images: int = 500, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+def sanity_sweeps(
+    cfg: ExperimentConfig, model: nn.Module, test: Dataset, *, max_images: int = 500, seed: int = 0
+) -> dict[str, list[dict[str, Any]]]:
     """The sweeps behind the Carlini checks, on (at most) ``max_images`` test images."""
     x, y = test.to_float()
     x, y = x[:max_images], y[:max_images]
@@ -101,16 +159,24 @@ def sanity_sweeps(cfg: ExperimentConfig, model: nn.Module, test: Dataset, *,
     base = {"eps": pgd.eps, "alpha": pgd.alpha, "norm": pgd.norm, "random_start": True}
     steps = sorted({1, max(1, pgd.steps // 2), pgd.steps})
     return {
-        "eps": eps_sweep(model, x, y, (0.0, 2 / 255, 8 / 255, 0.1, 0.2, 0.3, 0.5),
-                         steps=min(pgd.steps, 10), seed=seed),
+        "eps": eps_sweep(
+            model,
+            x,
+            y,
+            (0.0, 2 / 255, 8 / 255, 0.1, 0.2, 0.3, 0.5),
+            steps=max(pgd.steps, 20),
+            seed=seed,
+        ),
         "steps": sweep(model, x, y, "pgd", "steps", steps, seed=seed, restarts=1, **base),
-        "restarts": sweep(model, x, y, "pgd", "restarts", [1, 2], seed=seed,
-                          steps=min(pgd.steps, 10), **base),
+        "restarts": sweep(
+            model, x, y, "pgd", "restarts", [1, 2], seed=seed, steps=min(pgd.steps, 10), **base
+        ),
     }
 
 
-def run_sanity_checks(evals_by_model: Mapping[str, Mapping[str, Any]],
-                      sweeps: Mapping[str, Any] | None) -> list[tuple[str, str, str]]:
+def run_sanity_checks(
+    evals_by_model: Mapping[str, Mapping[str, Any]], sweeps: Mapping[str, Any] | None
+) -> list[tuple[str, str, str]]:
     checks = sanity_checks({"models": dict(evals_by_model), "sweeps": dict(sweeps or {})})
     return [(c.name, c.status, c.detail) for c in checks]
 
@@ -125,12 +191,18 @@ def pick_examples(model: nn.Module, test: Dataset, sets: Mapping[str, np.ndarray
         apred, aprob = predict(model, x_adv)
         fooled = np.flatnonzero((pred == y) & (apred != y))
         i = int(fooled[np.argmax(aprob[fooled, apred[fooled]])]) if fooled.size else 0
-        out.append(Example(
-            attack=attack, x=x[i].transpose(1, 2, 0), x_adv=np.asarray(x_adv[i]).transpose(1, 2, 0),
-            true_class=CLASSES[y[i]], clean_pred=CLASSES[pred[i]],
-            clean_prob=float(prob[i, pred[i]]), adv_pred=CLASSES[apred[i]],
-            adv_prob=float(aprob[i, apred[i]]),
-        ))
+        out.append(
+            Example(
+                attack=attack,
+                x=x[i].transpose(1, 2, 0),
+                x_adv=np.asarray(x_adv[i]).transpose(1, 2, 0),
+                true_class=CLASSES[y[i]],
+                clean_pred=CLASSES[pred[i]],
+                clean_prob=float(prob[i, pred[i]]),
+                adv_pred=CLASSES[apred[i]],
+                adv_prob=float(aprob[i, apred[i]]),
+            )
+        )
     return out
 
 
@@ -139,8 +211,12 @@ def confusion_figure(evals: Mapping[str, Any], title: str):
     import matplotlib.pyplot as plt
 
     panels = [("clean", evals["transfer"]["metrics"]["clean"])]
-    panels += [(f"{a.upper()} {p}", evals[p]["metrics"][a]) for p in ("transfer", "whitebox")
-               for a in ATTACKS_SCORED if a in evals[p]["metrics"]]
+    panels += [
+        (f"{a.upper()} {p}", evals[p]["metrics"][a])
+        for p in ("transfer", "whitebox")
+        for a in ATTACKS_SCORED
+        if a in evals[p]["metrics"]
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
     for ax, (name, m) in zip(axes[0], panels):
         cm = np.asarray(m["confusion_matrix"])

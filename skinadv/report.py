@@ -100,8 +100,14 @@ def table1(frame: pd.DataFrame) -> pd.DataFrame:
         raise ValueError("no vanilla result in the records")
     v = vanilla.iloc[0]
     rows = [{"protocol": p, **_row(v, p)} for p in PROTOCOLS]
-    rows.append({"protocol": "paper", "clean_acc": PAPER_VANILLA["clean"],
-                 "fgsm_acc": PAPER_VANILLA["fgsm"], "pgd_acc": PAPER_VANILLA["pgd"]})
+    rows.append(
+        {
+            "protocol": "paper",
+            "clean_acc": PAPER_VANILLA["clean"],
+            "fgsm_acc": PAPER_VANILLA["fgsm"],
+            "pgd_acc": PAPER_VANILLA["pgd"],
+        }
+    )
     return pd.DataFrame(rows).set_index("protocol")
 
 
@@ -122,8 +128,10 @@ def grid_table(frame: pd.DataFrame) -> pd.DataFrame:
     if out.empty:
         return out
     out = out[order + [c for c in out.columns if c not in order]]
-    out["method"] = pd.Categorical(out["method"], [m for m in METHODS if m in set(out["method"])]
-                                   + sorted(set(out["method"]) - set(METHODS)))
+    out["method"] = pd.Categorical(
+        out["method"],
+        [m for m in METHODS if m in set(out["method"])] + sorted(set(out["method"]) - set(METHODS)),
+    )
     return out.sort_values(["method", "fraction"]).reset_index(drop=True)
 
 
@@ -137,18 +145,23 @@ def table2(frame: pd.DataFrame) -> pd.DataFrame:
         score = cells[["clean_acc", "transfer_fgsm_acc", "transfer_pgd_acc"]].mean(axis=1)
         best = cells.loc[score.idxmax()]
         paper = PAPER_BEST.get(method, {})
-        rows.append({
-            "method": method, "best_fraction": best["fraction"],
-            "clean_acc": best["clean_acc"], "clean_bal_acc": best["clean_bal_acc"],
-            "transfer_fgsm_acc": best["transfer_fgsm_acc"],
-            "transfer_pgd_acc": best["transfer_pgd_acc"],
-            "whitebox_fgsm_acc": best["whitebox_fgsm_acc"],
-            "whitebox_pgd_acc": best["whitebox_pgd_acc"],
-            "transfer_pgd_bal_acc": best["transfer_pgd_bal_acc"],
-            "paper_fraction": paper.get("fraction", np.nan),
-            "paper_clean": paper.get("clean", np.nan), "paper_fgsm": paper.get("fgsm", np.nan),
-            "paper_pgd": paper.get("pgd", np.nan),
-        })
+        rows.append(
+            {
+                "method": method,
+                "best_fraction": best["fraction"],
+                "clean_acc": best["clean_acc"],
+                "clean_bal_acc": best["clean_bal_acc"],
+                "transfer_fgsm_acc": best["transfer_fgsm_acc"],
+                "transfer_pgd_acc": best["transfer_pgd_acc"],
+                "whitebox_fgsm_acc": best["whitebox_fgsm_acc"],
+                "whitebox_pgd_acc": best["whitebox_pgd_acc"],
+                "transfer_pgd_bal_acc": best["transfer_pgd_bal_acc"],
+                "paper_fraction": paper.get("fraction", np.nan),
+                "paper_clean": paper.get("clean", np.nan),
+                "paper_fgsm": paper.get("fgsm", np.nan),
+                "paper_pgd": paper.get("pgd", np.nan),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -184,31 +197,56 @@ def fraction_figure(frame: pd.DataFrame) -> plt.Figure:
     grid = grid_table(frame)
     methods = list(grid["method"].cat.categories) if not grid.empty else []
     vanilla = frame[frame["method"] == "none"]
-    fig, axes = plt.subplots(1, max(1, len(methods)), figsize=(4.2 * max(1, len(methods)), 3.6),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        max(1, len(methods)),
+        figsize=(4.2 * max(1, len(methods)), 3.6),
+        sharey=True,
+        squeeze=False,
+    )
     styles = {"clean": ("black", "-"), "fgsm": ("tab:blue", None), "pgd": ("tab:red", None)}
     for ax, method in zip(axes[0], methods):
         cells = grid[grid["method"] == method].sort_values("fraction")
         xs = list(cells["fraction"] * 100)
         v = vanilla.iloc[0] if not vanilla.empty else None
+
         def with_vanilla(values, key):
             if v is None:
                 return xs, list(values)
             return [0.0, *xs], [v.get(key, np.nan), *values]
-        ax.plot(*with_vanilla(cells["clean_acc"], "clean_accuracy"), "o-", color="black",
-                label="clean")
+
+        ax.plot(
+            *with_vanilla(cells["clean_acc"], "clean_accuracy"), "o-", color="black", label="clean"
+        )
         for attack in ATTACK_NAMES:
             color = styles[attack][0]
-            ax.plot(*with_vanilla(cells[f"transfer_{attack}_acc"],
-                                  metric_key("transfer", attack, "accuracy")),
-                    "o-", color=color, label=f"{attack.upper()} transfer")
-            ax.plot(*with_vanilla(cells[f"whitebox_{attack}_acc"],
-                                  metric_key("whitebox", attack, "accuracy")),
-                    "s--", color=color, alpha=0.7, label=f"{attack.upper()} white-box")
+            ax.plot(
+                *with_vanilla(
+                    cells[f"transfer_{attack}_acc"], metric_key("transfer", attack, "accuracy")
+                ),
+                "o-",
+                color=color,
+                label=f"{attack.upper()} transfer",
+            )
+            ax.plot(
+                *with_vanilla(
+                    cells[f"whitebox_{attack}_acc"], metric_key("whitebox", attack, "accuracy")
+                ),
+                "s--",
+                color=color,
+                alpha=0.7,
+                label=f"{attack.upper()} white-box",
+            )
         paper = PAPER_BEST.get(method)
         if paper:
-            ax.plot([paper["fraction"] * 100] * 3, [paper["clean"], paper["fgsm"], paper["pgd"]],
-                    "*", color="goldenrod", markersize=11, label="paper best cell")
+            ax.plot(
+                [paper["fraction"] * 100] * 3,
+                [paper["clean"], paper["fgsm"], paper["pgd"]],
+                "*",
+                color="goldenrod",
+                markersize=11,
+                label="paper best cell",
+            )
         ax.set_title(f"{method.upper()} adversarial training")
         ax.set_xlabel("adversarial fraction of training set (%)  (0 = vanilla)")
         ax.set_xticks([0, 20, 40, 60, 80])
@@ -242,11 +280,13 @@ def examples_figure(examples: Sequence[Example]) -> plt.Figure:
         delta = ex.x_adv - ex.x
         scale = np.abs(delta).max() or 1.0
         row[0].imshow(np.clip(ex.x, 0, 1))
-        row[0].set_title(f"original ({ex.true_class})\n→ {ex.clean_pred} {ex.clean_prob:.1%}",
-                         fontsize=9)
+        row[0].set_title(
+            f"original ({ex.true_class})\n→ {ex.clean_pred} {ex.clean_prob:.1%}", fontsize=9
+        )
         row[1].imshow(np.clip(0.5 + 0.5 * delta / scale, 0, 1))
-        row[1].set_title(f"{ex.attack.upper()} perturbation\n(×{0.5 / scale:.1f} for display)",
-                         fontsize=9)
+        row[1].set_title(
+            f"{ex.attack.upper()} perturbation\n(×{0.5 / scale:.1f} for display)", fontsize=9
+        )
         row[2].imshow(np.clip(ex.x_adv, 0, 1))
         row[2].set_title(f"adversarial\n→ {ex.adv_pred} {ex.adv_prob:.1%}", fontsize=9)
         for ax in row:
@@ -271,17 +311,30 @@ class Report:
 
 
 def build_report(
-    records: Iterable[Mapping], *, title: str = "skinadv grid", context: Mapping | None = None,
-    checks: Sequence[tuple[str, str, str]] = (), examples: Sequence[Example] = (),
+    records: Iterable[Mapping],
+    *,
+    title: str = "skinadv grid",
+    context: Mapping | None = None,
+    checks: Sequence[tuple[str, str, str]] = (),
+    examples: Sequence[Example] = (),
 ) -> Report:
     frame = records_frame(records)
-    tables = {"table1_vanilla": table1(frame), "table2_best_split": table2(frame),
-              "grid_all_cells": grid_table(frame)}
+    tables = {
+        "table1_vanilla": table1(frame),
+        "table2_best_split": table2(frame),
+        "grid_all_cells": grid_table(frame),
+    }
     figures = {"accuracy_vs_fraction": fraction_figure(frame)}
     if examples:
         figures["adversarial_examples"] = examples_figure(examples)
-    return Report(title=title, tables=tables, figures=figures, notes=protocol_notes(frame),
-                  checks=list(checks), context={k: str(v) for k, v in (context or {}).items()})
+    return Report(
+        title=title,
+        tables=tables,
+        figures=figures,
+        notes=protocol_notes(frame),
+        checks=list(checks),
+        context={k: str(v) for k, v in (context or {}).items()},
+    )
 
 
 def _md_table(df: pd.DataFrame) -> str:
@@ -292,8 +345,11 @@ def _md_table(df: pd.DataFrame) -> str:
         cells = []
         for c in cols:
             v = r[c]
-            cells.append(f"{v:.2f}" if isinstance(v, float) and not np.isnan(v) else
-                         ("" if isinstance(v, float) else str(v)))
+            cells.append(
+                f"{v:.2f}"
+                if isinstance(v, float) and not np.isnan(v)
+                else ("" if isinstance(v, float) else str(v))
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -346,8 +402,12 @@ def to_html(report: Report) -> str:
         "</style></head><body>",
         f"<h1>{esc(report.title)}</h1><ul>",
         *[f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in report.context.items()],
-        "</ul><p>", PROTOCOL_TEXT.replace("**", "<b>", 1).replace("**", "</b>", 1)
-        .replace("**", "<b>", 1).replace("**", "</b>", 1), "</p>",
+        "</ul><p>",
+        PROTOCOL_TEXT.replace("**", "<b>", 1)
+        .replace("**", "</b>", 1)
+        .replace("**", "<b>", 1)
+        .replace("**", "</b>", 1),
+        "</p>",
     ]
     for name, df in report.tables.items():
         out.append(f"<h2>{esc(TABLE_TITLES.get(name, name))}</h2>")
@@ -357,13 +417,17 @@ def to_html(report: Report) -> str:
         out += [f"<div class='note'>{esc(n)}</div>" for n in report.notes]
     if report.checks:
         out.append("<h2>Sanity checks (Carlini et al. 2019)</h2><ul>")
-        out += [f"<li class='{esc(s)}'><b>{esc(s.upper())}</b> {esc(n)}: {esc(d)}</li>"
-                for n, s, d in report.checks]
+        out += [
+            f"<li class='{esc(s)}'><b>{esc(s.upper())}</b> {esc(n)}: {esc(d)}</li>"
+            for n, s, d in report.checks
+        ]
         out.append("</ul>")
     for name, fig in report.figures.items():
         data = base64.b64encode(_fig_png(fig)).decode()
-        out.append(f"<h2>{esc(name.replace('_', ' '))}</h2>"
-                   f"<img alt='{esc(name)}' style='max-width:100%' src='data:image/png;base64,{data}'>")
+        out.append(
+            f"<h2>{esc(name.replace('_', ' '))}</h2>"
+            f"<img alt='{esc(name)}' style='max-width:100%' src='data:image/png;base64,{data}'>"
+        )
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -376,8 +440,7 @@ def save_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     for name, df in report.tables.items():
-        written[f"{name}.csv"] = atomic_write_bytes(out_dir / f"{name}.csv",
-                                                    df.to_csv().encode())
+        written[f"{name}.csv"] = atomic_write_bytes(out_dir / f"{name}.csv", df.to_csv().encode())
     for name, fig in report.figures.items():
         written[f"{name}.png"] = atomic_write_bytes(out_dir / f"{name}.png", _fig_png(fig))
     written["report.md"] = atomic_write_bytes(out_dir / "report.md", to_markdown(report).encode())
@@ -390,19 +453,36 @@ def records_table(records: Sequence[Mapping]):
     from rich.table import Table
 
     table = Table(title="grid results (%): accuracy clean / transfer (tr) / white-box (wb)")
-    for col in ("cell", "clean", "FGSM tr", "FGSM wb", "PGD tr", "PGD wb", "bal acc",
-                "PGD wb bal", "mel recall"):
+    for col in (
+        "cell",
+        "clean",
+        "FGSM tr",
+        "FGSM wb",
+        "PGD tr",
+        "PGD wb",
+        "bal acc",
+        "PGD wb bal",
+        "mel recall",
+    ):
         table.add_column(col, justify="right")
 
     def pct(r: Mapping, key: str) -> str:
         return f"{100 * r[key]:.1f}" if r.get(key) is not None else "-"
 
     order = {m: i for i, m in enumerate((None, *METHODS))}
-    for r in sorted(records, key=lambda r: (order.get(r.get("method"), 9), r.get("fraction")
-                                            or 0, r.get("seed", 0))):
-        table.add_row(r["cell"] + (f" s{r['seed']}" if r.get("seed") else ""),
-                      pct(r, "clean_accuracy"), pct(r, "transfer_fgsm_accuracy"),
-                      pct(r, "whitebox_fgsm_accuracy"), pct(r, "transfer_pgd_accuracy"),
-                      pct(r, "whitebox_pgd_accuracy"), pct(r, "clean_balanced_accuracy"),
-                      pct(r, "whitebox_pgd_balanced_accuracy"), pct(r, "clean_mel_recall"))
+    for r in sorted(
+        records,
+        key=lambda r: (order.get(r.get("method"), 9), r.get("fraction") or 0, r.get("seed", 0)),
+    ):
+        table.add_row(
+            r["cell"] + (f" s{r['seed']}" if r.get("seed") else ""),
+            pct(r, "clean_accuracy"),
+            pct(r, "transfer_fgsm_accuracy"),
+            pct(r, "whitebox_fgsm_accuracy"),
+            pct(r, "transfer_pgd_accuracy"),
+            pct(r, "whitebox_pgd_accuracy"),
+            pct(r, "clean_balanced_accuracy"),
+            pct(r, "whitebox_pgd_balanced_accuracy"),
+            pct(r, "clean_mel_recall"),
+        )
     return table

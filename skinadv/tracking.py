@@ -59,13 +59,20 @@ def experiment_id(name: str) -> str:
 
 
 def _str_params(params: Mapping[str, Any]) -> dict[str, str]:
-    return {k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:6000]
-            for k, v in params.items()}
+    return {
+        k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:6000]
+        for k, v in params.items()
+    }
 
 
 def start_run(
-    experiment: str, *, name: str, kind: str, params: Mapping[str, Any] | None = None,
-    tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
+    experiment: str,
+    *,
+    name: str,
+    kind: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
 ) -> str:
     """Create a RUNNING run (child of ``parent_run_id`` when given); return its id."""
     from mlflow.entities import Param
@@ -79,7 +86,7 @@ def start_run(
     if params:
         items = [Param(k, v) for k, v in _str_params(params).items()]
         for i in range(0, len(items), 90):
-            c.log_batch(rid, params=items[i:i + 90])
+            c.log_batch(rid, params=items[i : i + 90])
     return rid
 
 
@@ -90,14 +97,16 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], *, step: int | None =
     items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
     c = client()
     for i in range(0, len(items), 500):
-        c.log_batch(run_id, metrics=items[i:i + 500])
+        c.log_batch(run_id, metrics=items[i : i + 500])
 
 
 def log_figure(run_id: str, figure, artifact_file: str) -> None:
     client().log_figure(run_id, figure, artifact_file)
 
 
-def log_artifact_files(run_id: str, paths: list[str | Path], artifact_path: str | None = None) -> None:
+def log_artifact_files(
+    run_id: str, paths: list[str | Path], artifact_path: str | None = None
+) -> None:
     c = client()
     for p in paths:
         c.log_artifact(run_id, str(p), artifact_path)
@@ -121,9 +130,13 @@ def log_torch_model(run_id: str, model, *, weights: str | Path, config_json: str
 
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         info = mlflow.pytorch.log_model(
-            model.cpu(), name=MODEL_NAME, serialization_format="pickle",
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                              f"skinadv=={__version__}"],
+            model.cpu(),
+            name=MODEL_NAME,
+            serialization_format="pickle",
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"skinadv=={__version__}",
+            ],
         )
         mlflow.log_artifact(str(weights), WEIGHTS_DIR)
         mlflow.log_artifact(str(config_json), WEIGHTS_DIR)
@@ -165,9 +178,12 @@ def find_complete(experiment: str, config_hash: str):
         return None
     runs = client().search_runs(
         [exp.experiment_id],
-        filter_string=(f"tags.`{TAG_HASH}` = '{config_hash}' and tags.`{TAG_COMPLETE}` = 'true' "
-                       "and attributes.status = 'FINISHED'"),
-        order_by=["attributes.start_time DESC"], max_results=1,
+        filter_string=(
+            f"tags.`{TAG_HASH}` = '{config_hash}' and tags.`{TAG_COMPLETE}` = 'true' "
+            "and attributes.status = 'FINISHED'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )
     return runs[0] if runs else None
 
@@ -199,7 +215,8 @@ def latest_parent(experiment: str):
     runs = client().search_runs(
         [exp.experiment_id],
         filter_string=f"tags.`{TAG_KIND}` = 'parent' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1,
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )
     if not runs:
         raise ValueError(f"experiment {experiment!r} has no finished grid run")
@@ -216,8 +233,11 @@ def record_from_run(run) -> dict[str, Any]:
         "fraction": None if p.get("fraction") in (None, "0", "0.0") else float(p["fraction"]),
         "seed": int(p.get("seed", 0)),
         "run_id": run.info.run_id,
-        **{k: v for k, v in run.data.metrics.items()
-           if k.startswith(("clean_", "transfer_", "whitebox_"))},
+        **{
+            k: v
+            for k, v in run.data.metrics.items()
+            if k.startswith(("clean_", "transfer_", "whitebox_"))
+        },
     }
 
 
@@ -249,6 +269,12 @@ def load_results(run_ids: list[str]) -> tuple[list[dict], dict[str, Any], dict |
 
 
 def env_for_workers() -> dict[str, str]:
-    keys = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "MLFLOW_S3_ENDPOINT_URL",
-            "AWS_ENDPOINT_URL", "SKINADV_HAM10000", "SKINADV_CACHE_DIR")
+    keys = (
+        "MLFLOW_TRACKING_URI",
+        "PREFECT_API_URL",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL",
+        "SKINADV_HAM10000",
+        "SKINADV_CACHE_DIR",
+    )
     return {k: os.environ[k] for k in keys if os.environ.get(k)}

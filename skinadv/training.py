@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ from skinadv.config import (
     check_method,
 )
 from skinadv.data import Dataset, load_dataset, oversample, split, stratified_subset
+from skinadv.data.io import atomic_write_npz
 from skinadv.models import create_model
 
 log = logging.getLogger(__name__)
@@ -67,9 +67,13 @@ class PreparedData:
     fingerprint: str
 
     def summary(self) -> dict[str, Any]:
-        return {"n_train": len(self.train), "n_train_raw": len(self.train_raw),
-                "n_test": len(self.test), "fingerprint": self.fingerprint,
-                "synthetic": self.test.synthetic}
+        return {
+            "n_train": len(self.train),
+            "n_train_raw": len(self.train_raw),
+            "n_test": len(self.test),
+            "fingerprint": self.fingerprint,
+            "synthetic": self.test.synthetic,
+        }
 
 
 def prepare_data(cfg: DataConfig, ds: Dataset | None = None) -> PreparedData:
@@ -86,11 +90,17 @@ def prepare_data(cfg: DataConfig, ds: Dataset | None = None) -> PreparedData:
     fingerprint = ds.fingerprint()
     if cfg.subset is not None:
         ds = stratified_subset(ds, cfg.subset, seed=cfg.seed)
-    train, test = split(ds, test_size=cfg.test_size, seed=cfg.seed,
-                        group_by_lesion=cfg.group_by_lesion)
+    train, test = split(
+        ds, test_size=cfg.test_size, seed=cfg.seed, group_by_lesion=cfg.group_by_lesion
+    )
     train_fit = oversample(train, seed=cfg.seed) if cfg.oversample else train
-    log.info("data %s: %d train (%d after oversampling), %d test", ds.source, len(train),
-             len(train_fit), len(test))
+    log.info(
+        "data %s: %d train (%d after oversampling), %d test",
+        ds.source,
+        len(train),
+        len(train_fit),
+        len(test),
+    )
     return PreparedData(train=train_fit, train_raw=train, test=test, fingerprint=fingerprint)
 
 
@@ -105,8 +115,10 @@ def to_arrays(data: Dataset | tuple[ArrayLike, ArrayLike]) -> tuple[Tensor, Tens
             raise ValueError("training data must be a Dataset or an (x, y) pair") from exc
     xt, yt = as_tensor(x, torch.float32).cpu(), as_tensor(y, torch.long).cpu()
     if xt.ndim != 4 or xt.shape[1] != 3 or yt.shape != (xt.shape[0],):
-        raise ValueError(f"x must be (N, 3, H, W) (channels first) and y (N,); got "
-                         f"{tuple(xt.shape)} and {tuple(yt.shape)}")
+        raise ValueError(
+            f"x must be (N, 3, H, W) (channels first) and y (N,); got "
+            f"{tuple(xt.shape)} and {tuple(yt.shape)}"
+        )
     if xt.shape[0] == 0:
         raise ValueError("training data is empty")
     if not (torch.isfinite(xt).all() and xt.min() >= 0 and xt.max() <= 1):
@@ -164,10 +176,14 @@ class TrainResult:
         return self.history[-1]
 
 
-def fit(model_or_name: nn.Module | str | ModelConfig,
-        train: Dataset | tuple[ArrayLike, ArrayLike], cfg: TrainConfig, *,
-        on_epoch: EpochHook | None = None, model_kwargs: dict[str, Any] | None = None,
-        ) -> TrainResult:
+def fit(
+    model_or_name: nn.Module | str | ModelConfig,
+    train: Dataset | tuple[ArrayLike, ArrayLike],
+    cfg: TrainConfig,
+    *,
+    on_epoch: EpochHook | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> TrainResult:
     """Train with Adam on cross-entropy over logits.
 
     Args:
@@ -193,6 +209,8 @@ def fit(model_or_name: nn.Module | str | ModelConfig,
     else:
         model = model_or_name
     model.to(device)
+    if device.type == "cuda":  # the whole set fits on a GPU: no per-batch host copies
+        x, y = x.to(device), y.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     order_gen = torch.Generator().manual_seed(cfg.seed)
     n = x.shape[0]
@@ -204,10 +222,10 @@ def fit(model_or_name: nn.Module | str | ModelConfig,
         perm = torch.randperm(n, generator=order_gen)
         total_loss, correct, seen = 0.0, 0, 0
         for start in range(0, n, cfg.batch_size):
-            idx = perm[start:start + cfg.batch_size]
+            idx = perm[start : start + cfg.batch_size]
             if idx.numel() < 2:  # BatchNorm cannot train on a batch of one
                 continue
-            xb, yb = x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+            xb, yb = x[idx.to(x.device)].to(device), y[idx.to(y.device)].to(device)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
@@ -218,18 +236,30 @@ def fit(model_or_name: nn.Module | str | ModelConfig,
             seen += idx.numel()
         mean_loss = total_loss / max(seen, 1)
         if not np.isfinite(mean_loss):
-            raise FloatingPointError(f"training diverged: loss {mean_loss} at epoch {epoch} "
-                                     f"(lower train.lr?)")
+            raise FloatingPointError(
+                f"training diverged: loss {mean_loss} at epoch {epoch} (lower train.lr?)"
+            )
         stats = EpochStats(epoch, mean_loss, correct / max(seen, 1), time.perf_counter() - t0)
         history.append(stats)
-        log.info("epoch %d/%d: loss %.4f, train acc %.4f, %.1f s", epoch, cfg.epochs,
-                 stats.loss, stats.train_acc, stats.seconds)
+        log.info(
+            "epoch %d/%d: loss %.4f, train acc %.4f, %.1f s",
+            epoch,
+            cfg.epochs,
+            stats.loss,
+            stats.train_acc,
+            stats.seconds,
+        )
         if on_epoch is not None:
             on_epoch(stats)
     model.eval()
-    return TrainResult(model=model, history=history, seconds=time.perf_counter() - t_start,
-                       device=str(device), n_train=n,
-                       model_config=dict(getattr(model, "skinadv_config", {})))
+    return TrainResult(
+        model=model,
+        history=history,
+        seconds=time.perf_counter() - t_start,
+        device=str(device),
+        n_train=n,
+        model_config=dict(getattr(model, "skinadv_config", {})),
+    )
 
 
 # --------------------------------------------------------------------------- adversarial pools
@@ -275,12 +305,16 @@ class AdvPool:
         """How many examples ``fraction`` stands for: round(fraction * n_train)."""
         check_fraction(fraction)
         if n_train is not None and n_train != self.n_train:
-            raise ValueError(f"pool was crafted from {self.n_train} training examples, "
-                             f"not {n_train}: craft a pool for this training set")
+            raise ValueError(
+                f"pool was crafted from {self.n_train} training examples, "
+                f"not {n_train}: craft a pool for this training set"
+            )
         k = _n_take(fraction, self.n_train)
         if k > len(self):
-            raise ValueError(f"pool holds fraction {self.fraction} ({len(self)} examples); "
-                             f"fraction {fraction} needs {k}: craft for the largest fraction")
+            raise ValueError(
+                f"pool holds fraction {self.fraction} ({len(self)} examples); "
+                f"fraction {fraction} needs {k}: craft for the largest fraction"
+            )
         return k
 
     def indices(self, fraction: float, n_train: int | None = None) -> np.ndarray:
@@ -296,34 +330,45 @@ class AdvPool:
         """Write to an uncompressed .npz atomically (adversarial floats do not compress)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"method": self.method, "fraction": self.fraction, "seed": self.seed,
-                "n_train": self.n_train, "attack": self.attack}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, index=self.index, x_adv=self.x_adv, y=self.y,
-                         kinds=self.kinds.astype(str), meta=np.array(json.dumps(meta)))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        meta = {
+            "method": self.method,
+            "fraction": self.fraction,
+            "seed": self.seed,
+            "n_train": self.n_train,
+            "attack": self.attack,
+        }
+        return atomic_write_npz(
+            path,
+            compress=False,
+            index=self.index,
+            x_adv=self.x_adv,
+            y=self.y,
+            kinds=self.kinds.astype(str),
+            meta=np.array(json.dumps(meta)),
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> AdvPool:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                return cls(index=z["index"], x_adv=z["x_adv"], y=z["y"], kinds=z["kinds"],
-                           **meta)
+                return cls(index=z["index"], x_adv=z["x_adv"], y=z["y"], kinds=z["kinds"], **meta)
         except (OSError, KeyError, ValueError) as exc:
             raise ValueError(f"{path}: not an adversarial pool file ({exc})") from exc
 
 
-def adversarial_pool(source_model: nn.Module, train_x: ArrayLike, train_y: ArrayLike, *,
-                     method: str, fraction: float, attack_cfg: AttackConfig, seed: int = 0,
-                     device: str | torch.device | None = None,
-                     progress: Any = None) -> AdvPool:
+def adversarial_pool(
+    source_model: nn.Module,
+    train_x: ArrayLike,
+    train_y: ArrayLike,
+    *,
+    method: str,
+    fraction: float,
+    attack_cfg: AttackConfig,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: Any = None,
+) -> AdvPool:
     """Craft adversarial copies of a seeded random ``fraction`` of the training set.
 
     Crafted once against ``source_model`` (the vanilla model) for the largest fraction;
@@ -357,18 +402,46 @@ def adversarial_pool(source_model: nn.Module, train_x: ArrayLike, train_y: Array
         if rows.size == 0:
             continue
         src = torch.from_numpy(index[rows])
-        adv = craft(source_model, x[src], y[src], kind, batch_size=attack_cfg.batch_size,
-                    device=device, seed=seed, progress=progress, **attack_cfg.kwargs(kind))
+        adv = craft(
+            source_model,
+            x[src],
+            y[src],
+            kind,
+            batch_size=attack_cfg.batch_size,
+            device=device,
+            seed=seed,
+            progress=progress,
+            **attack_cfg.kwargs(kind),
+        )
         x_adv[rows] = adv.cpu().numpy()
-    log.info("crafted %s pool: %d of %d examples (fraction %.2f) in %.1f s", method, k, n,
-             fraction, time.perf_counter() - t0)
+    log.info(
+        "crafted %s pool: %d of %d examples (fraction %.2f) in %.1f s",
+        method,
+        k,
+        n,
+        fraction,
+        time.perf_counter() - t0,
+    )
     used = {kind: attack_cfg.kwargs(kind) for kind in ("fgsm", "pgd") if (kinds == kind).any()}
-    return AdvPool(method=method, fraction=fraction, seed=seed, n_train=n, index=index,
-                   x_adv=x_adv, y=y.numpy()[index], kinds=kinds, attack=used)
+    return AdvPool(
+        method=method,
+        fraction=fraction,
+        seed=seed,
+        n_train=n,
+        index=index,
+        x_adv=x_adv,
+        y=y.numpy()[index],
+        kinds=kinds,
+        attack=used,
+    )
 
 
-def augment(train_x: ArrayLike, train_y: ArrayLike, pool: AdvPool, fraction: float,
-            ) -> tuple[np.ndarray, np.ndarray]:
+def augment(
+    train_x: ArrayLike,
+    train_y: ArrayLike,
+    pool: AdvPool,
+    fraction: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """The training set with exactly round(fraction * n) adversarial examples appended.
 
     Returns:
@@ -376,11 +449,22 @@ def augment(train_x: ArrayLike, train_y: ArrayLike, pool: AdvPool, fraction: flo
     """
     x, y = to_arrays((train_x, train_y))
     xa, ya = pool.take(fraction, x.shape[0])
-    return (np.concatenate([x.numpy(), xa.astype(np.float32)]),
-            np.concatenate([y.numpy(), ya.astype(np.int64)]))
+    return (
+        np.concatenate([x.numpy(), xa.astype(np.float32)]),
+        np.concatenate([y.numpy(), ya.astype(np.int64)]),
+    )
 
 
 __all__ = [
-    "AdvPool", "EpochHook", "EpochStats", "PreparedData", "TrainResult", "adversarial_pool",
-    "augment", "fit", "prepare_data", "select_device", "to_arrays",
+    "AdvPool",
+    "EpochHook",
+    "EpochStats",
+    "PreparedData",
+    "TrainResult",
+    "adversarial_pool",
+    "augment",
+    "fit",
+    "prepare_data",
+    "select_device",
+    "to_arrays",
 ]

@@ -14,6 +14,15 @@ from skinadv.attacks.pgd import pgd
 ATTACKS: dict[str, AttackFn] = {"fgsm": fgsm, "pgd": pgd, "mifgsm": mifgsm}
 
 __all__ = [
-    "ATTACKS", "NORMS", "AttackFn", "_l2_project", "_linf_project", "craft", "eval_mode",
-    "fgsm", "mifgsm", "pgd", "resolve_attack",
+    "ATTACKS",
+    "NORMS",
+    "AttackFn",
+    "_l2_project",
+    "_linf_project",
+    "craft",
+    "eval_mode",
+    "fgsm",
+    "mifgsm",
+    "pgd",
+    "resolve_attack",
 ]

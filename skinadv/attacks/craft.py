@@ -48,8 +48,11 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, description: str, progress: Progress | bool | None,
-                 ) -> Iterator[Callable[[int], None]]:
+def progress_bar(
+    total: int,
+    description: str,
+    progress: Progress | bool | None,
+) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``; report to a callback, a rich bar (on a terminal), or nowhere.
 
     ``progress``: a ``(done, total)`` callback; ``None`` shows a rich bar on stderr when it
@@ -57,6 +60,7 @@ def progress_bar(total: int, description: str, progress: Progress | bool | None,
     """
     done = 0
     if callable(progress):
+
         def advance(n: int) -> None:
             nonlocal done
             done += n
@@ -68,8 +72,12 @@ def progress_bar(total: int, description: str, progress: Progress | bool | None,
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-        columns = ("[progress.description]{task.description}", BarColumn(),
-                   MofNCompleteColumn(), TimeRemainingColumn())
+        columns = (
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+        )
         with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task(description, total=total)
             yield lambda n: bar.advance(task, n)
@@ -77,10 +85,18 @@ def progress_bar(total: int, description: str, progress: Progress | bool | None,
     yield lambda n: None
 
 
-def craft(model: nn.Module, images: Tensor | np.ndarray, labels: Tensor | np.ndarray,
-          attack: str | AttackFn, *, batch_size: int = 256,
-          device: str | torch.device | None = None, seed: int | None = None,
-          progress: Progress | bool | None = None, **attack_kwargs: Any) -> Tensor:
+def craft(
+    model: nn.Module,
+    images: Tensor | np.ndarray,
+    labels: Tensor | np.ndarray,
+    attack: str | AttackFn,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    seed: int | None = None,
+    progress: Progress | bool | None = None,
+    **attack_kwargs: Any,
+) -> Tensor:
     """Craft adversarial examples for a whole set, batch by batch.
 
     The model is put in eval() for the attack (BatchNorm statistics frozen, dropout off)
@@ -112,8 +128,10 @@ def craft(model: nn.Module, images: Tensor | np.ndarray, labels: Tensor | np.nda
     x_all = as_tensor(images, torch.float32)
     y_all = as_tensor(labels, torch.long)
     if x_all.ndim != 4 or y_all.shape != (x_all.shape[0],):
-        raise ValueError(f"images must be (N, C, H, W) and labels (N,); got "
-                         f"{tuple(x_all.shape)} and {tuple(y_all.shape)}")
+        raise ValueError(
+            f"images must be (N, C, H, W) and labels (N,); got "
+            f"{tuple(x_all.shape)} and {tuple(y_all.shape)}"
+        )
     out_device = x_all.device
     try:
         model_device = next(model.parameters()).device
@@ -139,8 +157,7 @@ def craft(model: nn.Module, images: Tensor | np.ndarray, labels: Tensor | np.nda
                 xb = x_all[start:stop].to(dev)
                 yb = y_all[start:stop].to(dev)
                 if target is not None:
-                    kwargs["target"] = (target if target_t is None
-                                        else target_t[start:stop].to(dev))
+                    kwargs["target"] = target if target_t is None else target_t[start:stop].to(dev)
                 out[start:stop] = fn(model, xb, yb, **kwargs).to(out_device)
                 advance(stop - start)
     finally:

@@ -8,8 +8,9 @@ from torch import Tensor, nn
 from skinadv.attacks._common import _check_inputs, _input_grad, _target_labels, check_eps
 
 
-def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float,
-         target: Tensor | int | None = None) -> Tensor:
+def fgsm(
+    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, target: Tensor | int | None = None
+) -> Tensor:
     """FGSM, from "Explaining and Harnessing Adversarial Examples" (Goodfellow et al., 2015).
 
     [https://arxiv.org/abs/1412.6572]

@@ -16,8 +16,17 @@ from skinadv.attacks._common import (
 )
 
 
-def mifgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float | None = None,
-           steps: int = 10, decay: float = 1.0, target: Tensor | int | None = None) -> Tensor:
+def mifgsm(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    alpha: float | None = None,
+    steps: int = 10,
+    decay: float = 1.0,
+    target: Tensor | int | None = None,
+) -> Tensor:
     """MI-FGSM, from "Boosting Adversarial Attacks with Momentum" (Dong et al., 2018).
 
     [https://arxiv.org/abs/1710.06081]

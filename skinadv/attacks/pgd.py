@@ -31,9 +31,19 @@ def _random_start(x: Tensor, eps: float, norm: str, generator: torch.Generator |
     return torch.clamp(x + delta.to(device=x.device, dtype=x.dtype), 0.0, 1.0)
 
 
-def _one_run(model: nn.Module, x: Tensor, labels: Tensor, *, eps: float, alpha: float, steps: int,
-             norm: str, random_start: bool, sign: float,
-             generator: torch.Generator | None) -> Tensor:
+def _one_run(
+    model: nn.Module,
+    x: Tensor,
+    labels: Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    norm: str,
+    random_start: bool,
+    sign: float,
+    generator: torch.Generator | None,
+) -> Tensor:
     project = _linf_project if norm == "linf" else _l2_project
     x_adv = _random_start(x, eps, norm, generator) if random_start else x.clone()
     for _ in range(steps):
@@ -43,11 +53,23 @@ def _one_run(model: nn.Module, x: Tensor, labels: Tensor, *, eps: float, alpha: 
     return x_adv
 
 
-def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float, steps: int,
-        norm: str = "linf", random_start: bool = True, restarts: int = 1,
-        target: Tensor | int | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """PGD, from "Towards Deep Learning Models Resistant to Adversarial Attacks" (Madry et al.,
-    2018). [https://arxiv.org/abs/1706.06083]
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    norm: str = "linf",
+    random_start: bool = True,
+    restarts: int = 1,
+    target: Tensor | int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """PGD, from "Towards Deep Learning Models Resistant to Adversarial Attacks" (Madry 2018).
+
+    [https://arxiv.org/abs/1706.06083]
 
     Threat model: white-box, L-inf (or L2) ball of radius ``eps``, untargeted by default.
     ``steps`` steps of size ``alpha`` (signed gradient for L-inf, unit-L2 gradient for L2),
@@ -88,8 +110,18 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, alpha: float, ste
         restarts = 1  # every restart would be the same deterministic run
     best = None
     for _ in range(restarts):
-        x_adv = _one_run(model, x, labels, eps=eps, alpha=alpha, steps=steps, norm=norm,
-                         random_start=random_start, sign=sign, generator=generator)
+        x_adv = _one_run(
+            model,
+            x,
+            labels,
+            eps=eps,
+            alpha=alpha,
+            steps=steps,
+            norm=norm,
+            random_start=random_start,
+            sign=sign,
+            generator=generator,
+        )
         if restarts == 1:
             return x_adv.detach()
         with torch.no_grad():

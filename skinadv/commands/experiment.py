@@ -33,12 +33,8 @@ from skinadv.config import (
 )
 from skinadv.data import CLASSES
 from skinadv.data.io import atomic_write_npz
-from skinadv.evaluation import (
-    craft_transfer_sets,
-    evaluate as evaluate_model,
-    sanity_checks,
-    score,
-)
+from skinadv.evaluation import craft_transfer_sets, sanity_checks, score
+from skinadv.evaluation import evaluate as evaluate_model
 from skinadv.models import load_model, save_model
 from skinadv.training import (
     EpochStats,
@@ -52,17 +48,27 @@ from skinadv.training import (
 
 log = logging.getLogger(__name__)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Train, attack and evaluate skin-lesion classifiers (paper protocol).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Train, attack and evaluate skin-lesion classifiers (paper protocol).",
+)
 
 #: data settings that define the split; a model remembers them so its test side is reused
 SPLIT_KEYS = ("size", "test_size", "seed", "group_by_lesion", "oversample", "subset")
 
-DataOpt = Annotated[str, typer.Option("--data", help="Data SPEC: a HAM10000 folder, a .npz or "
-                                      ".csv, s3://..., or synthetic:N:SEED.")]
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        help="Data SPEC: a HAM10000 folder, a .npz or .csv, s3://..., or synthetic:N:SEED.",
+    ),
+]
 PresetOpt = Annotated[str, typer.Option("--preset", help="Preset name (quick, paper) or YAML.")]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override a setting, e.g. --set train.epochs=2 (repeatable).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a setting, e.g. --set train.epochs=2 (repeatable)."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 
 
@@ -81,8 +87,9 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def _config(preset: str, sets: list[str] | None, data: str,
-            base_data: dict[str, Any] | None = None) -> ExperimentConfig:
+def _config(
+    preset: str, sets: list[str] | None, data: str, base_data: dict[str, Any] | None = None
+) -> ExperimentConfig:
     """The preset, then the model's own split settings, then --set, then --data."""
     overrides: dict[str, Any] = {}
     if base_data:
@@ -109,8 +116,13 @@ def _metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
     for col in ("set", "accuracy %", "balanced acc %", "macro F1 %", "mel recall %"):
         table.add_column(col, justify="left" if col == "set" else "right")
     for name, m in rows:
-        table.add_row(name, _pct(m["accuracy"]), _pct(m["balanced_accuracy"]),
-                      _pct(m["macro_f1"]), _pct(m["recall"].get("mel")))
+        table.add_row(
+            name,
+            _pct(m["accuracy"]),
+            _pct(m["balanced_accuracy"]),
+            _pct(m["macro_f1"]),
+            _pct(m["recall"].get("mel")),
+        )
     return table
 
 
@@ -118,20 +130,25 @@ def _short(m: dict[str, Any]) -> dict[str, Any]:
     return {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "recall")}
 
 
-def _check_same_split(cfg: ExperimentConfig, meta: dict[str, Any], prep: PreparedData,
-                      what: str) -> None:
+def _check_same_split(
+    cfg: ExperimentConfig, meta: dict[str, Any], prep: PreparedData, what: str
+) -> None:
     data = meta.get("data")
     if not data:
         return
     diff = [k for k in SPLIT_KEYS if k in data and data[k] != getattr(cfg.data, k)]
     if diff:
-        raise ValueError(f"{what} was trained with other data settings "
-                         f"({', '.join(f'{k}={data[k]}' for k in diff)}): use the same "
-                         f"--preset/--set so its test side stays unseen")
+        raise ValueError(
+            f"{what} was trained with other data settings "
+            f"({', '.join(f'{k}={data[k]}' for k in diff)}): use the same "
+            f"--preset/--set so its test side stays unseen"
+        )
     fp = meta.get("data_fingerprint")
     if fp and fp != prep.fingerprint:
-        raise ValueError(f"{what} was trained on other data (fingerprint {fp}, this --data "
-                         f"is {prep.fingerprint})")
+        raise ValueError(
+            f"{what} was trained on other data (fingerprint {fp}, this --data "
+            f"is {prep.fingerprint})"
+        )
 
 
 @app.command()
@@ -140,13 +157,19 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Where to write the model (.pt + .json).")],
     preset: PresetOpt = "quick",
     set_: SetOpt = None,
-    adv_method: Annotated[str | None, typer.Option(
-        "--adv-method", help="Adversarial augmentation: fgsm, pgd or mix.")] = None,
-    adv_fraction: Annotated[float | None, typer.Option(
-        "--adv-fraction", help="Share of the training set to augment, in (0, 1].")] = None,
-    source_model: Annotated[Path | None, typer.Option(
-        "--source-model", help="The vanilla model the adversarial examples are crafted against."
-    )] = None,
+    adv_method: Annotated[
+        str | None, typer.Option("--adv-method", help="Adversarial augmentation: fgsm, pgd or mix.")
+    ] = None,
+    adv_fraction: Annotated[
+        float | None,
+        typer.Option("--adv-fraction", help="Share of the training set to augment, in (0, 1]."),
+    ] = None,
+    source_model: Annotated[
+        Path | None,
+        typer.Option(
+            "--source-model", help="The vanilla model the adversarial examples are crafted against."
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a freshly initialised model (vanilla, or with static adversarial augmentation)."""
@@ -170,45 +193,72 @@ def train(
         if adv is not None:
             src, src_meta = load_model(source_model, device)
             _check_same_split(cfg, src_meta, prep, f"--source-model {source_model}")
-            pool = adversarial_pool(src, x, y, method=adv.method, fraction=adv.fraction,
-                                    attack_cfg=cfg.attack, seed=cfg.train.seed)
+            pool = adversarial_pool(
+                src,
+                x,
+                y,
+                method=adv.method,
+                fraction=adv.fraction,
+                attack_cfg=cfg.attack,
+                seed=cfg.train.seed,
+            )
             x, y = augment(x, y, pool, adv.fraction)
             n_adv = len(pool)
 
         def on_epoch(s: EpochStats) -> None:
             if not json_out:
-                typer.echo(f"epoch {s.epoch}/{cfg.train.epochs}: loss {s.loss:.4f}, "
-                           f"train acc {100 * s.train_acc:.2f} %, {s.seconds:.1f} s", err=True)
+                typer.echo(
+                    f"epoch {s.epoch}/{cfg.train.epochs}: loss {s.loss:.4f}, "
+                    f"train acc {100 * s.train_acc:.2f} %, {s.seconds:.1f} s",
+                    err=True,
+                )
 
         result = fit(cfg.model, (x, y), cfg.train, on_epoch=on_epoch)
         xt, yt = prep.test.to_float()
         clean = score(result.model, xt, yt)
         meta = {
-            "image_size": cfg.data.size, "class_names": list(CLASSES), "preset": cfg.name,
-            "data": cfg.data.model_dump(), "train": cfg.train.model_dump(),
-            "attack": cfg.attack.model_dump(), "adv": adv.model_dump() if adv else None,
+            "image_size": cfg.data.size,
+            "class_names": list(CLASSES),
+            "preset": cfg.name,
+            "data": cfg.data.model_dump(),
+            "train": cfg.train.model_dump(),
+            "attack": cfg.attack.model_dump(),
+            "adv": adv.model_dump() if adv else None,
             "source_model": str(source_model) if source_model else None,
-            "data_fingerprint": prep.fingerprint, "synthetic": prep.test.synthetic,
-            "config_hash": config_hash({"cfg": cfg.model_dump(mode="json"),
-                                        "adv": adv.model_dump() if adv else None}),
+            "data_fingerprint": prep.fingerprint,
+            "synthetic": prep.test.synthetic,
+            "config_hash": config_hash(
+                {"cfg": cfg.model_dump(mode="json"), "adv": adv.model_dump() if adv else None}
+            ),
             "history": [s.as_dict() for s in result.history],
             "test_clean": _short(clean),
         }
         save_model(result.model, out, meta)
-    payload = {"model": str(out), "n_train": result.n_train, "n_adversarial": n_adv,
-               "n_test": len(prep.test), "seconds": round(result.seconds, 2),
-               "final_loss": result.final.loss, "final_train_acc": result.final.train_acc,
-               "test_clean": _short(clean), "adv": meta["adv"], "synthetic": meta["synthetic"],
-               "config_hash": meta["config_hash"]}
+    payload = {
+        "model": str(out),
+        "n_train": result.n_train,
+        "n_adversarial": n_adv,
+        "n_test": len(prep.test),
+        "seconds": round(result.seconds, 2),
+        "final_loss": result.final.loss,
+        "final_train_acc": result.final.train_acc,
+        "test_clean": _short(clean),
+        "adv": meta["adv"],
+        "synthetic": meta["synthetic"],
+        "config_hash": meta["config_hash"],
+    }
     if json_out:
         _emit_json(payload)
         return
     con = _console()
     kind = "vanilla" if adv is None else f"{adv.method} {adv.fraction:g}"
-    con.print(_metrics_table(f"{kind} model, test set ({len(prep.test)} images)",
-                             [("clean", clean)]))
-    con.print(f"trained on {result.n_train} images ({n_adv} adversarial) in "
-              f"{result.seconds:.1f} s -> {out}")
+    con.print(
+        _metrics_table(f"{kind} model, test set ({len(prep.test)} images)", [("clean", clean)])
+    )
+    con.print(
+        f"trained on {result.n_train} images ({n_adv} adversarial) in "
+        f"{result.seconds:.1f} s -> {out}"
+    )
     if prep.test.synthetic:
         con.print("[yellow]synthetic data: these numbers say nothing about HAM10000[/]")
 
@@ -221,8 +271,10 @@ def attack(
     eps: Annotated[float | None, typer.Option("--eps", help="Budget, [0, 1] pixels.")] = None,
     alpha: Annotated[float | None, typer.Option("--alpha", help="Step size.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Iterations.")] = None,
-    out: Annotated[Path | None, typer.Option(
-        "--out", help="Write the adversarial test images as a canonical .npz.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the adversarial test images as a canonical .npz."),
+    ] = None,
     preset: PresetOpt = "quick",
     set_: SetOpt = None,
     json_out: JsonOpt = False,
@@ -230,8 +282,7 @@ def attack(
     """Attack a model on its test split and score it (white-box)."""
     with _user_errors():
         if attack_name not in ATTACKS:
-            raise ValueError(f"unknown attack {attack_name!r}; choose one of "
-                             f"{', '.join(ATTACKS)}")
+            raise ValueError(f"unknown attack {attack_name!r}; choose one of {', '.join(ATTACKS)}")
         if out is not None and out.suffix != ".npz":
             raise ValueError(f"--out {out}: adversarial images are written as a .npz file")
         net, meta = load_model(model)
@@ -250,16 +301,26 @@ def attack(
         prep = prepare_data(cfg.data)
         _check_same_split(cfg, meta, prep, f"--model {model}")
         xt, yt = prep.test.to_float()
-        x_adv = craft(net, xt, yt, attack_name, batch_size=cfg.attack.batch_size,
-                      seed=cfg.train.seed, **kwargs)
+        x_adv = craft(
+            net,
+            xt,
+            yt,
+            attack_name,
+            batch_size=cfg.attack.batch_size,
+            seed=cfg.train.seed,
+            **kwargs,
+        )
         clean, adv = score(net, xt, yt), score(net, x_adv, yt)
         linf = float((x_adv - torch.from_numpy(xt)).abs().max())
         if out is not None:
             adv_np = x_adv.numpy()
             arrays = {
-                "images": np.clip(np.rint(adv_np.transpose(0, 2, 3, 1) * 255), 0, 255)
-                .astype(np.uint8),
-                "labels": yt, "class_names": np.array(CLASSES), "x_adv": adv_np,
+                "images": np.clip(np.rint(adv_np.transpose(0, 2, 3, 1) * 255), 0, 255).astype(
+                    np.uint8
+                ),
+                "labels": yt,
+                "class_names": np.array(CLASSES),
+                "x_adv": adv_np,
                 "attack": np.array(json.dumps({"attack": attack_name, **kwargs})),
             }
             if prep.test.image_id is not None:
@@ -267,17 +328,27 @@ def attack(
             if prep.test.lesion_id is not None:
                 arrays["lesion_id"] = prep.test.lesion_id.astype(str)
             atomic_write_npz(out, **arrays)
-    payload = {"model": str(model), "attack": {"attack": attack_name, **kwargs},
-               "n_test": len(prep.test), "clean": _short(clean), "adversarial": _short(adv),
-               "max_linf": linf, "out": str(out) if out else None,
-               "synthetic": prep.test.synthetic}
+    payload = {
+        "model": str(model),
+        "attack": {"attack": attack_name, **kwargs},
+        "n_test": len(prep.test),
+        "clean": _short(clean),
+        "adversarial": _short(adv),
+        "max_linf": linf,
+        "out": str(out) if out else None,
+        "synthetic": prep.test.synthetic,
+    }
     if json_out:
         _emit_json(payload)
         return
     con = _console()
     settings = ", ".join(f"{k}={v}" for k, v in kwargs.items())
-    con.print(_metrics_table(f"white-box {attack_name} ({settings}) on {len(prep.test)} test "
-                             f"images", [("clean", clean), (attack_name, adv)]))
+    con.print(
+        _metrics_table(
+            f"white-box {attack_name} ({settings}) on {len(prep.test)} test images",
+            [("clean", clean), (attack_name, adv)],
+        )
+    )
     if out is not None:
         con.print(f"adversarial images -> {out}")
 
@@ -286,20 +357,32 @@ def attack(
 def evaluate(
     model: Annotated[Path, typer.Option("--model", help="A model written by 'train'.")],
     data: DataOpt,
-    protocol: Annotated[str, typer.Option(
-        "--protocol", help="transfer (test sets crafted against --source-model), whitebox "
-        "(attacks re-run against --model), or both.")] = "both",
-    source_model: Annotated[Path | None, typer.Option(
-        "--source-model", help="The vanilla model for the transfer protocol (default: --model "
-        "itself).")] = None,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol",
+            help="transfer (test sets crafted against --source-model), whitebox "
+            "(attacks re-run against --model), or both.",
+        ),
+    ] = "both",
+    source_model: Annotated[
+        Path | None,
+        typer.Option(
+            "--source-model",
+            help="The vanilla model for the transfer protocol (default: --model itself).",
+        ),
+    ] = None,
     preset: PresetOpt = "quick",
     set_: SetOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Score a model on clean, FGSM and PGD test sets under the transfer / white-box protocols."""
     with _user_errors():
-        protocols = {"both": ("transfer", "whitebox"), "transfer": ("transfer",),
-                     "whitebox": ("whitebox",)}.get(protocol)
+        protocols = {
+            "both": ("transfer", "whitebox"),
+            "transfer": ("transfer",),
+            "whitebox": ("whitebox",),
+        }.get(protocol)
         if protocols is None:
             raise ValueError(f"unknown protocol {protocol!r}; choose transfer, whitebox or both")
         net, meta = load_model(model)
@@ -319,27 +402,46 @@ def evaluate(
         results: dict[str, Any] = {}
         if "transfer" in protocols:
             sets = craft_transfer_sets(source, xt, yt, attacks, **kw)
-            results["transfer"] = evaluate_model(net, xt, yt, attacks=attacks,
-                                                 protocol="transfer", transfer_sets=sets, **kw)
+            results["transfer"] = evaluate_model(
+                net, xt, yt, attacks=attacks, protocol="transfer", transfer_sets=sets, **kw
+            )
         if "whitebox" in protocols:
-            results["whitebox"] = evaluate_model(net, xt, yt, attacks=attacks,
-                                                 protocol="whitebox", **kw)
+            results["whitebox"] = evaluate_model(
+                net, xt, yt, attacks=attacks, protocol="whitebox", **kw
+            )
         checks = sanity_checks({"models": {model.stem: results}})
-    payload = {"model": str(model), "source_model": str(source_path), "n_test": len(prep.test),
-               "synthetic": prep.test.synthetic, "attacks": attacks,
-               "results": {p: {k: _short(m) | {"confusion_matrix": m["confusion_matrix"]}
-                               for k, m in ev["metrics"].items()}
-                           for p, ev in results.items()},
-               "checks": [c.as_dict() for c in checks]}
+    payload = {
+        "model": str(model),
+        "source_model": str(source_path),
+        "n_test": len(prep.test),
+        "synthetic": prep.test.synthetic,
+        "attacks": attacks,
+        "results": {
+            p: {
+                k: _short(m) | {"confusion_matrix": m["confusion_matrix"]}
+                for k, m in ev["metrics"].items()
+            }
+            for p, ev in results.items()
+        },
+        "checks": [c.as_dict() for c in checks],
+    }
     if json_out:
         _emit_json(payload)
         return
     con = _console()
-    rows = [(f"{p} / {k}" if k != "clean" else "clean", m)
-            for p, ev in results.items() for k, m in ev["metrics"].items()
-            if k != "clean" or p == next(iter(results))]
-    con.print(_metrics_table(f"{model.name} on {len(prep.test)} test images "
-                             f"(transfer source: {Path(source_path).name})", rows))
+    rows = [
+        (f"{p} / {k}" if k != "clean" else "clean", m)
+        for p, ev in results.items()
+        for k, m in ev["metrics"].items()
+        if k != "clean" or p == next(iter(results))
+    ]
+    con.print(
+        _metrics_table(
+            f"{model.name} on {len(prep.test)} test images "
+            f"(transfer source: {Path(source_path).name})",
+            rows,
+        )
+    )
     for c in checks:
         style = "green" if c.ok else "yellow"
         con.print(f"[{style}]{c.status}[/] {c.name}: {c.detail}", soft_wrap=True)

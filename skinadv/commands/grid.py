@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -56,20 +55,32 @@ def _flush_prefect_logs() -> None:
 
 @app.command("grid")
 def grid(
-    data: Annotated[str | None, typer.Option("--data", "-d", help="Data SPEC (default: "
-                    "$SKINADV_DATA, $SKINADV_HAM10000, else synthetic).")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Data SPEC (default: $SKINADV_DATA, $SKINADV_HAM10000, else synthetic).",
+        ),
+    ] = None,
     preset: Annotated[str, typer.Option(help="Preset name (quick, paper) or YAML path.")] = "quick",
     methods: Annotated[str | None, typer.Option(help="Comma list, e.g. fgsm,pgd,mix.")] = None,
     fractions: Annotated[str | None, typer.Option(help="Comma list, e.g. 0.2,0.4.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma list of seeds.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. "
-                    "train.epochs=2 (repeatable).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override, e.g. train.epochs=2 (repeatable).")
+    ] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "skinadv-grid",
-    force: Annotated[bool, typer.Option(help="Retrain cells even if a finished run exists.")] = False,
-    run_dir: Annotated[Path, typer.Option(help="Folder for services, work files and report.",
-                       envvar="SKINADV_RUN_DIR")] = Path("runs/grid"),
-    out: Annotated[Path | None, typer.Option(help="Report folder (default RUN_DIR/report/"
-                   "EXPERIMENT).")] = None,
+    force: Annotated[
+        bool, typer.Option(help="Retrain cells even if a finished run exists.")
+    ] = False,
+    run_dir: Annotated[
+        Path,
+        typer.Option(help="Folder for services, work files and report.", envvar="SKINADV_RUN_DIR"),
+    ] = Path("runs/grid"),
+    out: Annotated[
+        Path | None, typer.Option(help="Report folder (default RUN_DIR/report/EXPERIMENT).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run the methods x fractions grid: Prefect flow, Ray workers, MLflow runs, report."""
@@ -80,16 +91,23 @@ def grid(
     if data is None:
         data, why = default_data()
     try:
-        cfg = grid_config(preset, data=data, methods=_split_list(methods),
-                          fractions=_split_list(fractions, float), seeds=_split_list(seeds, int),
-                          overrides=set_ or [])
+        cfg = grid_config(
+            preset,
+            data=data,
+            methods=_split_list(methods),
+            fractions=_split_list(fractions, float),
+            seeds=_split_list(seeds, int),
+            overrides=set_ or [],
+        )
         kind = detect(cfg.data.spec)
     except (DataError, ValueError) as exc:
         raise fail(describe_error(exc)) from None
     label = "SYNTHETIC data (not real lesions)" if kind == "synthetic" else f"{kind} data"
-    console.print(f"[bold]grid[/]: preset {cfg.name}, {label}: {cfg.data.spec} ({why}); "
-                  f"{len(cfg.methods)} methods x {len(cfg.fractions)} fractions x "
-                  f"{len(cfg.seeds)} seed(s)")
+    console.print(
+        f"[bold]grid[/]: preset {cfg.name}, {label}: {cfg.data.spec} ({why}); "
+        f"{len(cfg.methods)} methods x {len(cfg.fractions)} fractions x "
+        f"{len(cfg.seeds)} seed(s)"
+    )
 
     from skinadv.stack import Stack, StackError
 
@@ -103,9 +121,15 @@ def grid(
             runner = make_task_runner(stack.ray_address, stack.ray_runtime_env()["env_vars"])
             try:
                 result = grid_flow.with_options(task_runner=runner)(
-                    preset=str(preset), data=cfg.data.spec, methods=cfg.methods,
-                    fractions=cfg.fractions, seeds=cfg.seeds, overrides=set_ or [],
-                    experiment=experiment, force=force, workdir=str(run_dir / "work"),
+                    preset=str(preset),
+                    data=cfg.data.spec,
+                    methods=cfg.methods,
+                    fractions=cfg.fractions,
+                    seeds=cfg.seeds,
+                    overrides=set_ or [],
+                    experiment=experiment,
+                    force=force,
+                    workdir=str(run_dir / "work"),
                     out_dir=str(out.resolve()) if out else str(run_dir / "report" / experiment),
                 )
             finally:
@@ -119,28 +143,44 @@ def grid(
         raise fail(f"grid failed: {describe_error(exc)}", 1) from None
     seconds = time.perf_counter() - t0
     if as_json:
-        print(json.dumps({**{k: v for k, v in result.items() if k != "records"},
-                          "records": result["records"], "seconds": round(seconds, 1),
-                          "startup_seconds": stack.startup_seconds}))
+        print(
+            json.dumps(
+                {
+                    **{k: v for k, v in result.items() if k != "records"},
+                    "records": result["records"],
+                    "seconds": round(seconds, 1),
+                    "startup_seconds": stack.startup_seconds,
+                }
+            )
+        )
         return
-    console.print(f"grid done in {seconds:.0f} s: {len(result['trained'])} trained, "
-                  f"{len(result['reused'])} reused; report: {result['out_dir']}/report.html")
+    console.print(
+        f"grid done in {seconds:.0f} s: {len(result['trained'])} trained, "
+        f"{len(result['reused'])} reused; report: {result['out_dir']}/report.html"
+    )
 
 
 @app.command("report")
 def report(
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "skinadv-grid",
-    run_dir: Annotated[Path, typer.Option(help="The grid's run folder (its MLflow is started "
-                       "when MLFLOW_TRACKING_URI is not set).", envvar="SKINADV_RUN_DIR")]
-    = Path("runs/grid"),
+    run_dir: Annotated[
+        Path,
+        typer.Option(
+            help="The grid's run folder (its MLflow is started "
+            "when MLFLOW_TRACKING_URI is not set).",
+            envvar="SKINADV_RUN_DIR",
+        ),
+    ] = Path("runs/grid"),
     out: Annotated[Path | None, typer.Option(help="Where to write the report.")] = None,
 ) -> None:
     """Rebuild the tables and figures of the latest grid run from MLflow alone."""
     from skinadv.stack import Stack, StackError
 
     if not os.environ.get("MLFLOW_TRACKING_URI") and not (run_dir / "mlflow.db").is_file():
-        raise fail(f"no MLflow to read: set MLFLOW_TRACKING_URI or point --run-dir at a grid "
-                   f"run folder ({run_dir / 'mlflow.db'} does not exist)")
+        raise fail(
+            f"no MLflow to read: set MLFLOW_TRACKING_URI or point --run-dir at a grid "
+            f"run folder ({run_dir / 'mlflow.db'} does not exist)"
+        )
     try:
         with Stack(run_dir, prefect=False, ray=False, console=console):
             from skinadv import experiment as exp
@@ -152,11 +192,16 @@ def report(
                 records, evals, sweeps = tracking.load_results(tracking.cell_run_ids(parent))
             except ValueError as exc:
                 raise fail(str(exc)) from None
-            rep = build_report(records, title=f"skinadv grid: {experiment}",
-                               context={"experiment": experiment,
-                                        "parent run": parent.info.run_id,
-                                        "data": parent.data.params.get("data", "?")},
-                               checks=exp.run_sanity_checks(evals, sweeps))
+            rep = build_report(
+                records,
+                title=f"skinadv grid: {experiment}",
+                context={
+                    "experiment": experiment,
+                    "parent run": parent.info.run_id,
+                    "data": parent.data.params.get("data", "?"),
+                },
+                checks=exp.run_sanity_checks(evals, sweeps),
+            )
             dest = (out or run_dir / "report" / f"{experiment}-from-mlflow").resolve()
             save_report(rep, dest)
     except StackError as exc:

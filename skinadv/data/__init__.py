@@ -13,7 +13,17 @@ from skinadv.data.split import oversample, split, stratified_subset
 from skinadv.data.synthetic import synthetic
 
 __all__ = [
-    "ACCEPTED_FORMS", "CLASSES", "HMNIST_CLASSES", "HMNIST_TO_CANONICAL", "NUM_CLASSES",
-    "DataError", "Dataset", "detect", "load_dataset", "oversample", "split",
-    "stratified_subset", "synthetic",
+    "ACCEPTED_FORMS",
+    "CLASSES",
+    "HMNIST_CLASSES",
+    "HMNIST_TO_CANONICAL",
+    "NUM_CLASSES",
+    "DataError",
+    "Dataset",
+    "detect",
+    "load_dataset",
+    "oversample",
+    "split",
+    "stratified_subset",
+    "synthetic",
 ]

@@ -24,7 +24,13 @@ HMNIST_CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "nv", "vasc", "m
 HMNIST_TO_CANONICAL = np.array([CLASSES.index(c) for c in HMNIST_CLASSES], dtype=np.int64)
 #: HAM10000 class counts (for synthetic proportions and sanity checks).
 HAM10000_COUNTS: dict[str, int] = {
-    "akiec": 327, "bcc": 514, "bkl": 1099, "df": 115, "mel": 1113, "nv": 6705, "vasc": 142,
+    "akiec": 327,
+    "bcc": 514,
+    "bkl": 1099,
+    "df": 115,
+    "mel": 1113,
+    "nv": 6705,
+    "vasc": 142,
 }
 NUM_CLASSES = len(CLASSES)
 

@@ -9,14 +9,24 @@ from pathlib import Path
 import numpy as np
 
 
-def atomic_write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    """Write ``arrays`` to ``path`` with np.savez_compressed via a temp file + rename."""
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write_npz(
+    path: str | os.PathLike, *, compress: bool = True, **arrays: np.ndarray
+) -> Path:
+    """Write ``arrays`` to ``path`` via a temp file + rename (``np.savez_compressed``, or
+    ``np.savez`` with ``compress=False`` for float data that does not compress)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+            (np.savez_compressed if compress else np.savez)(fh, **arrays)
+        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; the result is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -31,6 +41,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

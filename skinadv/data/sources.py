@@ -130,10 +130,15 @@ def load_dataset(
     if kind == "s3":
         from skinadv.data.s3 import fetch
 
-        return load_dataset(fetch(spec, cache_dir=cache_dir), size=size, cache_dir=cache_dir,
-                            progress=progress)
-    loader = {"ham10000": load_ham10000, "hmnist_csv": load_hmnist_csv,
-              "dermamnist": load_dermamnist, "npz": load_npz}[kind]
+        return load_dataset(
+            fetch(spec, cache_dir=cache_dir), size=size, cache_dir=cache_dir, progress=progress
+        )
+    loader = {
+        "ham10000": load_ham10000,
+        "hmnist_csv": load_hmnist_csv,
+        "dermamnist": load_dermamnist,
+        "npz": load_npz,
+    }[kind]
     if kind == "ham10000":
         return loader(spec, size=size, cache_dir=cache_dir, progress=progress)
     return _resized(loader(spec), size)
@@ -208,9 +213,13 @@ def load_ham10000(
     key = h.hexdigest()[:24]
     cache_path = Path(cache_dir or default_cache_dir()) / f"ham10000-{size}px-{key}.npz"
     labels = np.array([CLASSES.index(dx) for dx in meta["dx"]], dtype=np.int64)
-    common = dict(kind="ham10000", source=str(spec), labels=labels,
-                  image_id=meta["image_id"].to_numpy(dtype=str),
-                  lesion_id=meta["lesion_id"].to_numpy(dtype=str))
+    common = dict(
+        kind="ham10000",
+        source=str(spec),
+        labels=labels,
+        image_id=meta["image_id"].to_numpy(dtype=str),
+        lesion_id=meta["lesion_id"].to_numpy(dtype=str),
+    )
     if cache_path.is_file():
         try:
             with np.load(cache_path, allow_pickle=False) as z:
@@ -227,8 +236,9 @@ def load_ham10000(
         images[i] = _decode_resize(path, data, size)
         if progress is not None and (i % 200 == 0 or i == len(blobs) - 1):
             progress(i + 1, len(blobs))
-    log.info("HAM10000: decoded and resized %d images in %.1fs", len(meta),
-             time.perf_counter() - t0)
+    log.info(
+        "HAM10000: decoded and resized %d images in %.1fs", len(meta), time.perf_counter() - t0
+    )
     try:
         atomic_write_npz(cache_path, images=images)
     except OSError as exc:  # read-only home etc.: still return the data
@@ -371,8 +381,11 @@ def load_dermamnist(path: str | os.PathLike) -> Dataset:
         given[part] = np.arange(start, start + len(y))
         start += len(y)
     return Dataset(
-        images=np.concatenate(images), labels=np.concatenate(labels), kind="dermamnist",
-        source=str(path), given_split=given,
+        images=np.concatenate(images),
+        labels=np.concatenate(labels),
+        kind="dermamnist",
+        source=str(path),
+        given_split=given,
     )
 
 
@@ -384,11 +397,16 @@ def load_npz(path: str | os.PathLike) -> Dataset:
     labels = np.asarray(z["labels"]).reshape(-1)
     if labels.dtype.kind == "f":
         if not np.isfinite(labels).all():
-            raise DataError(f"{path}[labels]: NaN label at row {int(np.flatnonzero(~np.isfinite(labels))[0])}")
+            raise DataError(
+                f"{path}[labels]: NaN label at row {int(np.flatnonzero(~np.isfinite(labels))[0])}"
+            )
         labels = labels.astype(np.int64)
     validate_arrays(images, labels, where=str(path))
     return Dataset(
-        images=images, labels=labels.astype(np.int64), kind="npz", source=str(path),
+        images=images,
+        labels=labels.astype(np.int64),
+        kind="npz",
+        source=str(path),
         image_id=z["image_id"].astype(str) if "image_id" in z else None,
         lesion_id=z["lesion_id"].astype(str) if "lesion_id" in z else None,
     )

@@ -64,6 +64,7 @@ def stratified_subset(ds: Dataset, n: int, *, seed: int = 0) -> Dataset:
         raise DataError(f"subset size must be positive, got {n}")
     counts = np.bincount(ds.labels, minlength=NUM_CLASSES)
     stratify = ds.labels if counts[counts > 0].min() >= 2 and n >= NUM_CLASSES else None
-    keep, _ = train_test_split(np.arange(len(ds)), train_size=n, random_state=seed,
-                               stratify=stratify)
+    keep, _ = train_test_split(
+        np.arange(len(ds)), train_size=n, random_state=seed, stratify=stratify
+    )
     return ds.subset(np.sort(keep))

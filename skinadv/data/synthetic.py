@@ -11,8 +11,16 @@ from skinadv.data.dataset import CLASSES, HAM10000_COUNTS, DataError, Dataset
 
 # A lesion colour per class (RGB), so a small CNN can learn the classes.
 _LESION_RGB = np.array(
-    [[150, 90, 80], [200, 120, 140], [120, 80, 50], [170, 110, 90],
-     [60, 35, 40], [110, 70, 60], [170, 40, 90]], dtype=np.float32
+    [
+        [150, 90, 80],
+        [200, 120, 140],
+        [120, 80, 50],
+        [170, 110, 90],
+        [60, 35, 40],
+        [110, 70, 60],
+        [170, 40, 90],
+    ],
+    dtype=np.float32,
 )
 
 
@@ -23,7 +31,9 @@ def parse_synthetic_spec(spec: str) -> tuple[int, int]:
         n = int(parts[1]) if len(parts) > 1 and parts[1] else 1000
         seed = int(parts[2]) if len(parts) > 2 else 0
     except ValueError as exc:
-        raise DataError(f"{spec}: expected 'synthetic', 'synthetic:N' or 'synthetic:N:SEED'") from exc
+        raise DataError(
+            f"{spec}: expected 'synthetic', 'synthetic:N' or 'synthetic:N:SEED'"
+        ) from exc
     if len(parts) > 3 or n < len(CLASSES):
         raise DataError(f"{spec}: synthetic needs N >= {len(CLASSES)} (one image per class)")
     return n, seed
@@ -55,6 +65,10 @@ def synthetic(*, n: int = 1000, size: int = 28, seed: int = 0) -> Dataset:
     lesion_id = np.array([f"SYN_{i // 2:07d}" for i in range(n)])  # pairs share a lesion
     image_id = np.array([f"SYN_IMG_{i:07d}" for i in range(n)])
     return Dataset(
-        images=images, labels=labels.astype(np.int64), kind="synthetic",
-        source=f"synthetic:{n}:{seed}", image_id=image_id, lesion_id=lesion_id,
+        images=images,
+        labels=labels.astype(np.int64),
+        kind="synthetic",
+        source=f"synthetic:{n}:{seed}",
+        image_id=image_id,
+        lesion_id=lesion_id,
     )

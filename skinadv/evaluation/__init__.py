@@ -14,7 +14,18 @@ from skinadv.evaluation.evaluate import (
 from skinadv.evaluation.metrics import REPORT_ORDER, metrics
 
 __all__ = [
-    "PROTOCOLS", "REPORT_ORDER", "AttackSpec", "Check", "craft_transfer_sets",
-    "describe_attack", "eps_sweep", "evaluate", "metrics", "predict", "run_attack",
-    "sanity_checks", "score", "sweep",
+    "PROTOCOLS",
+    "REPORT_ORDER",
+    "AttackSpec",
+    "Check",
+    "craft_transfer_sets",
+    "describe_attack",
+    "eps_sweep",
+    "evaluate",
+    "metrics",
+    "predict",
+    "run_attack",
+    "sanity_checks",
+    "score",
+    "sweep",
 ]

@@ -23,15 +23,20 @@ PROTOCOLS = ("transfer", "whitebox")
 AttackSpec = Mapping[str, Any] | Callable[..., Tensor]
 
 
-def predict(model: nn.Module, x: Tensor | np.ndarray, *, batch_size: int = 512,
-            device: str | torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: nn.Module,
+    x: Tensor | np.ndarray,
+    *,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Predicted labels (N,) and softmax probabilities (N, K), in eval mode, no gradients."""
     xt = as_tensor(x, torch.float32)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     preds, probs = [], []
     with eval_mode(model), torch.no_grad():
         for start in range(0, xt.shape[0], batch_size):
-            p = model(xt[start:start + batch_size].to(dev)).softmax(-1).cpu()
+            p = model(xt[start : start + batch_size].to(dev)).softmax(-1).cpu()
             probs.append(p)
             preds.append(p.argmax(1))
     if not probs:
@@ -39,8 +44,14 @@ def predict(model: nn.Module, x: Tensor | np.ndarray, *, batch_size: int = 512,
     return torch.cat(preds).numpy(), torch.cat(probs).numpy()
 
 
-def score(model: nn.Module, x: Tensor | np.ndarray, y: Tensor | np.ndarray, *,
-          batch_size: int = 512, device: str | torch.device | None = None) -> dict[str, Any]:
+def score(
+    model: nn.Module,
+    x: Tensor | np.ndarray,
+    y: Tensor | np.ndarray,
+    *,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
     """``metrics`` of the model's predictions on x."""
     pred, probs = predict(model, x, batch_size=batch_size, device=device)
     return metrics(np.asarray(as_tensor(y, torch.long)), pred, probs)
@@ -55,10 +66,17 @@ def describe_attack(spec: AttackSpec) -> dict[str, Any]:
     return {"attack": getattr(spec, "__name__", "attack")}
 
 
-def run_attack(model: nn.Module, x: Tensor | np.ndarray, y: Tensor | np.ndarray,
-               spec: AttackSpec, *, batch_size: int = 256,
-               device: str | torch.device | None = None, seed: int | None = 0,
-               progress: Any = None) -> Tensor:
+def run_attack(
+    model: nn.Module,
+    x: Tensor | np.ndarray,
+    y: Tensor | np.ndarray,
+    spec: AttackSpec,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    seed: int | None = 0,
+    progress: Any = None,
+) -> Tensor:
     """Craft adversarial examples for ``spec`` (a spec dict or callable) against ``model``."""
     if isinstance(spec, Mapping):
         kwargs = dict(spec)
@@ -66,34 +84,71 @@ def run_attack(model: nn.Module, x: Tensor | np.ndarray, y: Tensor | np.ndarray,
             raise ValueError(f"attack spec {kwargs} needs an 'attack' name")
         name = kwargs.pop("attack")
         resolve_attack(name)
-        return craft(model, x, y, name, batch_size=batch_size, device=device, seed=seed,
-                     progress=progress, **kwargs)
+        return craft(
+            model,
+            x,
+            y,
+            name,
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+            progress=progress,
+            **kwargs,
+        )
     if not callable(spec):
         raise ValueError(f"an attack must be a spec dict or a callable, got {spec!r}")
-    return craft(model, x, y, spec, batch_size=batch_size, device=device, seed=seed,
-                 progress=progress)
+    return craft(
+        model, x, y, spec, batch_size=batch_size, device=device, seed=seed, progress=progress
+    )
 
 
-def craft_transfer_sets(source_model: nn.Module, x: Tensor | np.ndarray,
-                        y: Tensor | np.ndarray, attacks: Mapping[str, AttackSpec], *,
-                        batch_size: int = 256, device: str | torch.device | None = None,
-                        seed: int | None = 0, progress: Any = None) -> dict[str, np.ndarray]:
+def craft_transfer_sets(
+    source_model: nn.Module,
+    x: Tensor | np.ndarray,
+    y: Tensor | np.ndarray,
+    attacks: Mapping[str, AttackSpec],
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    seed: int | None = 0,
+    progress: Any = None,
+) -> dict[str, np.ndarray]:
     """The transfer protocol's adversarial test sets, crafted once against ``source_model``.
 
     Returns:
         {attack name: x_adv (N, 3, H, W) float32 numpy in [0, 1]}.
     """
-    return {name: run_attack(source_model, x, y, spec, batch_size=batch_size, device=device,
-                             seed=seed, progress=progress).cpu().numpy()
-            for name, spec in attacks.items()}
+    return {
+        name: run_attack(
+            source_model,
+            x,
+            y,
+            spec,
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+            progress=progress,
+        )
+        .cpu()
+        .numpy()
+        for name, spec in attacks.items()
+    }
 
 
-def evaluate(model: nn.Module, x: Tensor | np.ndarray, y: Tensor | np.ndarray, *,
-             attacks: Mapping[str, AttackSpec] | None = None, protocol: str = "transfer",
-             transfer_sets: Mapping[str, Tensor | np.ndarray] | None = None,
-             source_model: nn.Module | None = None, batch_size: int = 256,
-             device: str | torch.device | None = None, seed: int | None = 0,
-             progress: Any = None) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    x: Tensor | np.ndarray,
+    y: Tensor | np.ndarray,
+    *,
+    attacks: Mapping[str, AttackSpec] | None = None,
+    protocol: str = "transfer",
+    transfer_sets: Mapping[str, Tensor | np.ndarray] | None = None,
+    source_model: nn.Module | None = None,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    seed: int | None = 0,
+    progress: Any = None,
+) -> dict[str, Any]:
     """Metrics on clean data and under each attack.
 
     Args:
@@ -116,31 +171,53 @@ def evaluate(model: nn.Module, x: Tensor | np.ndarray, y: Tensor | np.ndarray, *
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     xt, yt = as_tensor(x, torch.float32), as_tensor(y, torch.long)
     attacks = dict(attacks or {})
-    result: dict[str, Any] = {"protocol": protocol, "n": int(xt.shape[0]), "metrics": {},
-                              "attacks": {k: describe_attack(v) for k, v in attacks.items()}}
+    result: dict[str, Any] = {
+        "protocol": protocol,
+        "n": int(xt.shape[0]),
+        "metrics": {},
+        "attacks": {k: describe_attack(v) for k, v in attacks.items()},
+    }
     result["metrics"]["clean"] = score(model, xt, yt, device=device)
     if protocol == "transfer":
         if transfer_sets is None:
             if source_model is None or not attacks:
-                raise ValueError("the transfer protocol needs transfer_sets (crafted against "
-                                 "the vanilla model) or attacks + source_model")
-            transfer_sets = craft_transfer_sets(source_model, xt, yt, attacks,
-                                                batch_size=batch_size, device=device,
-                                                seed=seed, progress=progress)
+                raise ValueError(
+                    "the transfer protocol needs transfer_sets (crafted against "
+                    "the vanilla model) or attacks + source_model"
+                )
+            transfer_sets = craft_transfer_sets(
+                source_model,
+                xt,
+                yt,
+                attacks,
+                batch_size=batch_size,
+                device=device,
+                seed=seed,
+                progress=progress,
+            )
         for name, x_adv in transfer_sets.items():
             xa = as_tensor(x_adv, torch.float32)
             if xa.shape != xt.shape:
-                raise ValueError(f"transfer set {name!r} has shape {tuple(xa.shape)}, the test "
-                                 f"set {tuple(xt.shape)}")
+                raise ValueError(
+                    f"transfer set {name!r} has shape {tuple(xa.shape)}, the test "
+                    f"set {tuple(xt.shape)}"
+                )
             result["metrics"][name] = score(model, xa, yt, device=device)
             result["attacks"].setdefault(name, {"attack": name})
     else:
         if not attacks:
             raise ValueError("the whitebox protocol needs attacks to run")
         for name, spec in attacks.items():
-            x_adv = run_attack(model, xt, yt, spec, batch_size=batch_size, device=device,
-                               seed=seed, progress=progress)
+            x_adv = run_attack(
+                model,
+                xt,
+                yt,
+                spec,
+                batch_size=batch_size,
+                device=device,
+                seed=seed,
+                progress=progress,
+            )
             result["metrics"][name] = score(model, x_adv, yt, device=device)
-    log.info("%s: %s", protocol, {k: round(v["accuracy"], 4)
-                                  for k, v in result["metrics"].items()})
+    log.info("%s: %s", protocol, {k: round(v["accuracy"], 4) for k, v in result["metrics"].items()})
     return result

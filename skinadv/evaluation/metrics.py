@@ -21,8 +21,11 @@ from skinadv.data import CLASSES
 REPORT_ORDER: tuple[str, ...] = ("mel", *(c for c in CLASSES if c != "mel"))
 
 
-def metrics(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray | None = None,
-            ) -> dict[str, Any]:
+def metrics(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    probs: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Accuracy alone misleads on HAM10000 (always ``nv`` scores ~67 %), so report more.
 
     Args:

@@ -70,8 +70,11 @@ def _tmp_beside(path: Path) -> Path:
     return Path(tmp)
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, config: Mapping[str, Any] | None = None,
-               ) -> Path:
+def save_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    config: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``model``'s state dict to ``path`` and its config to ``<path>.json``, atomically.
 
     Args:
@@ -134,8 +137,10 @@ def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device | None = None,
-               ) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
     """Load a checkpoint written by ``save_model`` (weights only, never arbitrary pickles).
 
     Args:
@@ -147,8 +152,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
     """
     path = Path(path)
     meta = read_model_config(path)
-    model = create_model(meta["name"], num_classes=int(meta.get("num_classes", 7)),
-                         **dict(meta.get("kwargs", {})))
+    model = create_model(
+        meta["name"], num_classes=int(meta.get("num_classes", 7)), **dict(meta.get("kwargs", {}))
+    )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling / zip errors all mean: not a usable checkpoint
@@ -163,6 +169,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = None
 
 
 __all__ = [
-    "MODELS", "ModelFactory", "PaperCNN", "create_model", "load_model", "paper_cnn",
-    "read_model_config", "save_model",
+    "MODELS",
+    "ModelFactory",
+    "PaperCNN",
+    "create_model",
+    "load_model",
+    "paper_cnn",
+    "read_model_config",
+    "save_model",
 ]

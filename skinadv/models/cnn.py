@@ -12,8 +12,11 @@ HAM10000_STD = (0.1380, 0.1493, 0.1664)
 
 
 def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class PaperCNN(nn.Module):
@@ -34,8 +37,9 @@ class PaperCNN(nn.Module):
     ``logits.softmax(-1)`` for probabilities and cross-entropy on logits for training).
     """
 
-    def __init__(self, num_classes: int = 7, *, width: int = 32, dropout: float = 0.3,
-                 pool: int = 1) -> None:
+    def __init__(
+        self, num_classes: int = 7, *, width: int = 32, dropout: float = 0.3, pool: int = 1
+    ) -> None:
         super().__init__()
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
@@ -47,9 +51,13 @@ class PaperCNN(nn.Module):
         self.register_buffer("mean", torch.tensor(HAM10000_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(HAM10000_STD).view(1, 3, 1, 1))
         self.features = nn.Sequential(
-            *_conv_bn(3, w), nn.MaxPool2d(2),                                 # 28 -> 14
-            *_conv_bn(w, 2 * w), nn.MaxPool2d(2),                             # 14 -> 7
-            *_conv_bn(2 * w, 2 * w), *_conv_bn(2 * w, 4 * w), nn.MaxPool2d(2),  # 7 -> 3
+            *_conv_bn(3, w),
+            nn.MaxPool2d(2),  # 28 -> 14
+            *_conv_bn(w, 2 * w),
+            nn.MaxPool2d(2),  # 14 -> 7
+            *_conv_bn(2 * w, 2 * w),
+            *_conv_bn(2 * w, 4 * w),
+            nn.MaxPool2d(2),  # 7 -> 3
             *_conv_bn(4 * w, 4 * w),
             nn.AdaptiveAvgPool2d(pool),
         )
@@ -62,7 +70,8 @@ class PaperCNN(nn.Module):
         return self.fc(self.dropout(torch.flatten(x, 1)))
 
 
-def paper_cnn(*, num_classes: int = 7, width: int = 32, dropout: float = 0.3,
-              pool: int = 1) -> PaperCNN:
+def paper_cnn(
+    *, num_classes: int = 7, width: int = 32, dropout: float = 0.3, pool: int = 1
+) -> PaperCNN:
     """The paper's CNN (Section III-A): 5 conv layers, BN, max-pool, dropout, one FC."""
     return PaperCNN(num_classes, width=width, dropout=dropout, pool=pool)

@@ -31,8 +31,10 @@ def _one_thread():
 def ham_npz(real_npz: Path) -> Path:
     """The canonical 28x28 npz of all 10015 real HAM10000 images (``real_npz`` checked)."""
     if not real_npz.is_file():
-        pytest.fail(f"real HAM10000 data not found: {real_npz} is missing. Set "
-                    f"SKINADV_HAM10000 to the folder holding {NPZ_NAME} (CI always has it).")
+        pytest.fail(
+            f"real HAM10000 data not found: {real_npz} is missing. Set "
+            f"SKINADV_HAM10000 to the folder holding {NPZ_NAME} (CI always has it)."
+        )
     return real_npz
 
 

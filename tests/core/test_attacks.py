@@ -79,8 +79,16 @@ def test_pgd_one_step_equals_fgsm(small_model, rand_batch):
 
 def test_l2_pgd_stays_in_ball(small_model, rand_batch):
     x, y = rand_batch
-    x_adv = pgd(small_model, x, y, eps=0.5, alpha=0.2, steps=4, norm="l2",
-                generator=torch.Generator().manual_seed(0))
+    x_adv = pgd(
+        small_model,
+        x,
+        y,
+        eps=0.5,
+        alpha=0.2,
+        steps=4,
+        norm="l2",
+        generator=torch.Generator().manual_seed(0),
+    )
     norms = (x_adv - x).flatten(1).norm(dim=1)
     assert (norms <= 0.5 + 1e-5).all() and norms.max() > 0.1
     assert x_adv.min() >= 0 and x_adv.max() <= 1
@@ -96,16 +104,22 @@ def test_projections():
     assert torch.allclose(_l2_project(near, x, 10.0), near)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda m, x, y: fgsm(m, x, y, eps=-0.1), "eps must be >= 0"),
-    (lambda m, x, y: pgd(m, x, y, eps=-1, alpha=0.1, steps=2), "eps must be >= 0"),
-    (lambda m, x, y: pgd(m, x, y, eps=0.1, alpha=0.1, steps=0), "steps must be an integer >= 1"),
-    (lambda m, x, y: pgd(m, x, y, eps=0.1, alpha=0.1, steps=2, restarts=0), "restarts must"),
-    (lambda m, x, y: pgd(m, x, y, eps=0.1, alpha=0.1, steps=2, norm="l1"), "unknown norm 'l1'"),
-    (lambda m, x, y: ATTACKS["mifgsm"](m, x, y, eps=0.1, steps=0), "steps must"),
-    (lambda m, x, y: craft(m, x, y, "cw", eps=0.1), "unknown attack 'cw'; choose one of fgsm"),
-    (lambda m, x, y: craft(m, x, y, "fgsm", eps=-0.5), "eps must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m, x, y: fgsm(m, x, y, eps=-0.1), "eps must be >= 0"),
+        (lambda m, x, y: pgd(m, x, y, eps=-1, alpha=0.1, steps=2), "eps must be >= 0"),
+        (
+            lambda m, x, y: pgd(m, x, y, eps=0.1, alpha=0.1, steps=0),
+            "steps must be an integer >= 1",
+        ),
+        (lambda m, x, y: pgd(m, x, y, eps=0.1, alpha=0.1, steps=2, restarts=0), "restarts must"),
+        (lambda m, x, y: pgd(m, x, y, eps=0.1, alpha=0.1, steps=2, norm="l1"), "unknown norm 'l1'"),
+        (lambda m, x, y: ATTACKS["mifgsm"](m, x, y, eps=0.1, steps=0), "steps must"),
+        (lambda m, x, y: craft(m, x, y, "cw", eps=0.1), "unknown attack 'cw'; choose one of fgsm"),
+        (lambda m, x, y: craft(m, x, y, "fgsm", eps=-0.5), "eps must be >= 0"),
+    ],
+)
 def test_bad_arguments(call, message, small_model, rand_batch):
     with pytest.raises(ValueError, match=message):
         call(small_model, *rand_batch)
@@ -116,8 +130,9 @@ def test_targeted_moves_towards_target(small_model, rand_batch):
     target = torch.full_like(y, 3)
     with torch.no_grad():
         before = small_model(x).log_softmax(-1)[:, 3].mean()
-        x_adv = pgd(small_model, x, y, eps=0.3, alpha=0.05, steps=10, random_start=False,
-                    target=target)
+        x_adv = pgd(
+            small_model, x, y, eps=0.3, alpha=0.05, steps=10, random_start=False, target=target
+        )
         after = small_model(x_adv).log_softmax(-1)[:, 3].mean()
     assert after > before
 
@@ -125,8 +140,15 @@ def test_targeted_moves_towards_target(small_model, rand_batch):
 def test_craft_progress_callback_and_numpy(small_model, rand_batch):
     x, y = rand_batch
     seen = []
-    out = craft(small_model, x.numpy(), y.numpy(), "fgsm", batch_size=5, eps=0.1,
-                progress=lambda done, total: seen.append((done, total)))
+    out = craft(
+        small_model,
+        x.numpy(),
+        y.numpy(),
+        "fgsm",
+        batch_size=5,
+        eps=0.1,
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert seen == [(5, 12), (10, 12), (12, 12)]
     assert isinstance(out, torch.Tensor) and out.shape == x.shape
 
@@ -153,8 +175,9 @@ def test_pgd_stronger_than_fgsm_at_same_eps(tiny_trained, tiny_test):
     model = tiny_trained.model
     eps = 2 / 255
     acc_fgsm = score(model, craft(model, x, y, "fgsm", eps=eps), y)["accuracy"]
-    acc_pgd = score(model, craft(model, x, y, "pgd", eps=eps, alpha=eps / 4, steps=10, seed=0),
-                    y)["accuracy"]
+    acc_pgd = score(model, craft(model, x, y, "pgd", eps=eps, alpha=eps / 4, steps=10, seed=0), y)[
+        "accuracy"
+    ]
     assert acc_pgd < acc_fgsm
     assert acc_fgsm < score(model, x, y)["accuracy"]
 

@@ -12,8 +12,16 @@ from skinadv.commands.experiment import app
 from skinadv.data import load_dataset
 
 runner = CliRunner()
-TINY = ["--set", "data.subset=400", "--set", "train.epochs=1", "--set", "model.width=4",
-        "--set", "attack.pgd.steps=2"]
+TINY = [
+    "--set",
+    "data.subset=400",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "model.width=4",
+    "--set",
+    "attack.pgd.steps=2",
+]
 
 
 def run(*args: str):
@@ -40,8 +48,21 @@ def test_train_json(vanilla):
 def test_train_adversarial_cell(vanilla, ham_npz, tmp_path):
     src, base = vanilla
     out = tmp_path / "pgd40.pt"
-    res = run("train", "--data", ham_npz, *TINY, "--adv-method", "pgd", "--adv-fraction", "0.4",
-              "--source-model", src, "--out", out, "--json")
+    res = run(
+        "train",
+        "--data",
+        ham_npz,
+        *TINY,
+        "--adv-method",
+        "pgd",
+        "--adv-fraction",
+        "0.4",
+        "--source-model",
+        src,
+        "--out",
+        out,
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout)
     assert payload["n_adversarial"] == round(0.4 * base["n_train"])
@@ -52,8 +73,21 @@ def test_train_adversarial_cell(vanilla, ham_npz, tmp_path):
 def test_attack_writes_canonical_npz(vanilla, ham_npz, tmp_path):
     model, _ = vanilla
     out = tmp_path / "adv.npz"
-    res = run("attack", "--model", model, "--data", ham_npz, "--attack", "fgsm", "--eps", "0.1",
-              "--out", out, *TINY, "--json")
+    res = run(
+        "attack",
+        "--model",
+        model,
+        "--data",
+        ham_npz,
+        "--attack",
+        "fgsm",
+        "--eps",
+        "0.1",
+        "--out",
+        out,
+        *TINY,
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout)
     assert payload["attack"] == {"attack": "fgsm", "eps": 0.1}
@@ -84,16 +118,23 @@ def test_evaluate_both_protocols(vanilla, ham_npz):
     assert table.exit_code == 0 and "whitebox / pgd" in table.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "attack.fgsm.eps=-1"], "eps must be >= 0"),
-    (["--adv-method", "bim", "--adv-fraction", "0.2", "--source-model", "SRC"],
-     "unknown adversarial training method 'bim'"),
-    (["--adv-method", "pgd", "--adv-fraction", "1.5", "--source-model", "SRC"],
-     r"fraction must be in (0, 1]"),
-    (["--adv-method", "pgd", "--adv-fraction", "0.2"], "needs --source-model"),
-    (["--preset", "nope"], "unknown preset 'nope'"),
-    (["--set", "train.epoch=2"], "Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "attack.fgsm.eps=-1"], "eps must be >= 0"),
+        (
+            ["--adv-method", "bim", "--adv-fraction", "0.2", "--source-model", "SRC"],
+            "unknown adversarial training method 'bim'",
+        ),
+        (
+            ["--adv-method", "pgd", "--adv-fraction", "1.5", "--source-model", "SRC"],
+            r"fraction must be in (0, 1]",
+        ),
+        (["--adv-method", "pgd", "--adv-fraction", "0.2"], "needs --source-model"),
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--set", "train.epoch=2"], "Extra inputs are not permitted"),
+    ],
+)
 def test_train_bad_input_exits_2(vanilla, ham_npz, tmp_path, args, message):
     out = tmp_path / "m.pt"
     args = [str(vanilla[0]) if a == "SRC" else a for a in args]
@@ -111,11 +152,24 @@ def test_bad_data_and_model_exit_2(vanilla, ham_npz, tmp_path):
     assert res.exit_code == 2 and "no such model checkpoint" in res.stderr
     res = run("attack", "--model", vanilla[0], "--data", ham_npz, "--attack", "deepfool")
     assert res.exit_code == 2 and "unknown attack 'deepfool'" in res.stderr
-    res = run("attack", "--model", vanilla[0], "--data", ham_npz, "--attack", "pgd",
-              "--eps", "-0.1", "--out", tmp_path / "a.npz", *TINY)
+    res = run(
+        "attack",
+        "--model",
+        vanilla[0],
+        "--data",
+        ham_npz,
+        "--attack",
+        "pgd",
+        "--eps",
+        "-0.1",
+        "--out",
+        tmp_path / "a.npz",
+        *TINY,
+    )
     assert res.exit_code == 2 and "eps must be >= 0" in res.stderr
     assert not (tmp_path / "a.npz").exists()
     # a split other than the model's would leak its training images into the test side
-    res = run("evaluate", "--model", vanilla[0], "--data", ham_npz, *TINY,
-              "--set", "data.subset=500")
+    res = run(
+        "evaluate", "--model", vanilla[0], "--data", ham_npz, *TINY, "--set", "data.subset=500"
+    )
     assert res.exit_code == 2 and "other data settings (subset=400)" in res.stderr

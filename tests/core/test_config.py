@@ -21,8 +21,14 @@ def test_presets_available_and_paper_settings():
     assert {"quick", "paper"} <= set(available_presets())
     paper = load_preset("paper")
     assert paper.attack.fgsm.eps == 0.2
-    assert paper.attack.kwargs("pgd") == {"eps": 0.3, "alpha": 0.2, "steps": 50,
-                                          "random_start": True, "restarts": 1, "norm": "linf"}
+    assert paper.attack.kwargs("pgd") == {
+        "eps": 0.3,
+        "alpha": 0.2,
+        "steps": 50,
+        "random_start": True,
+        "restarts": 1,
+        "norm": "linf",
+    }
     assert paper.data.subset is None and paper.data.oversample and paper.data.test_size == 0.2
     assert paper.methods == ["fgsm", "pgd", "mix"]
     assert paper.fractions == [0.2, 0.4, 0.6, 0.8]
@@ -39,8 +45,16 @@ def test_quick_is_smaller_than_paper():
 
 
 def test_overrides_as_strings_and_dict():
-    cfg = load_preset("quick", ["train.epochs=7", "attack.pgd.steps=3", "seeds=[1, 2]",
-                                "data.spec=synthetic:100:0", "data.group_by_lesion=true"])
+    cfg = load_preset(
+        "quick",
+        [
+            "train.epochs=7",
+            "attack.pgd.steps=3",
+            "seeds=[1, 2]",
+            "data.spec=synthetic:100:0",
+            "data.group_by_lesion=true",
+        ],
+    )
     assert cfg.train.epochs == 7 and cfg.attack.pgd.steps == 3 and cfg.seeds == [1, 2]
     assert cfg.data.spec == "synthetic:100:0" and cfg.data.group_by_lesion is True
     cfg2 = load_preset("quick", {"train": {"epochs": 7}, "attack.pgd.steps": 3})
@@ -52,17 +66,20 @@ def test_unknown_preset_names_the_available_ones():
         load_preset("nope")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("attack.fgsm.eps=-0.1", "eps must be >= 0"),
-    ("attack.pgd.eps=-1", "eps must be >= 0"),
-    ("attack.pgd.steps=0", "steps must be >= 1"),
-    ("attack.pgd.norm=l3", "unknown norm 'l3'"),
-    ("fractions=[0.2, 1.5]", r"fraction must be in \(0, 1\]"),
-    ("fractions=[0]", r"fraction must be in \(0, 1\]"),
-    ("methods=[fgsm, cw]", "unknown adversarial training method 'cw'"),
-    ("train.epoch=3", "Extra inputs are not permitted"),
-    ("model.name=resnet", "unknown model 'resnet'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("attack.fgsm.eps=-0.1", "eps must be >= 0"),
+        ("attack.pgd.eps=-1", "eps must be >= 0"),
+        ("attack.pgd.steps=0", "steps must be >= 1"),
+        ("attack.pgd.norm=l3", "unknown norm 'l3'"),
+        ("fractions=[0.2, 1.5]", r"fraction must be in \(0, 1\]"),
+        ("fractions=[0]", r"fraction must be in \(0, 1\]"),
+        ("methods=[fgsm, cw]", "unknown adversarial training method 'cw'"),
+        ("train.epoch=3", "Extra inputs are not permitted"),
+        ("model.name=resnet", "unknown model 'resnet'"),
+    ],
+)
 def test_bad_values_give_clear_errors(override, message):
     with pytest.raises(ValidationError, match=message) as info:
         load_preset("quick", [override])

@@ -25,8 +25,15 @@ from skinadv.data import (
     synthetic,
 )
 
-HAM_COUNTS = {"akiec": 327, "bcc": 514, "bkl": 1099, "df": 115, "mel": 1113, "nv": 6705,
-              "vasc": 142}
+HAM_COUNTS = {
+    "akiec": 327,
+    "bcc": 514,
+    "bkl": 1099,
+    "df": 115,
+    "mel": 1113,
+    "nv": 6705,
+    "vasc": 142,
+}
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +200,13 @@ def run_cli(*args: str, env_cache: Path) -> subprocess.CompletedProcess:
     import os
 
     env = {**os.environ, "SKINADV_CACHE_DIR": str(env_cache)}
-    return subprocess.run([sys.executable, "-m", "skinadv.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "skinadv.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_truncated_jpeg(small_ham, tmp_path):
@@ -251,19 +263,25 @@ def test_hmnist_label_out_of_range_and_nan(tmp_path):
     with pytest.raises(DataError, match="row 2: label 9 is outside the class set"):
         load_dataset(_hmnist(tmp_path, [[10] * 2352 + [9]]))
     with pytest.raises(DataError, match="row 3: NaN"):
-        load_dataset(_hmnist(tmp_path, [[10] * 2352 + [1], [10] * 100 + ["nan"] + [10] * 2251 + [1]]))
+        load_dataset(
+            _hmnist(tmp_path, [[10] * 2352 + [1], [10] * 100 + ["nan"] + [10] * 2251 + [1]])
+        )
 
 
 def test_empty_sets(tmp_path, small_ham):
     with pytest.raises(DataError, match="empty"):
         load_dataset(_hmnist(tmp_path, []))
-    np.savez(tmp_path / "empty.npz", images=np.zeros((0, 28, 28, 3), np.uint8),
-             labels=np.zeros((0,), np.int64))
+    np.savez(
+        tmp_path / "empty.npz",
+        images=np.zeros((0, 28, 28, 3), np.uint8),
+        labels=np.zeros((0,), np.int64),
+    )
     with pytest.raises(DataError, match="empty"):
         load_dataset(tmp_path / "empty.npz")
     bad = copy_tree(small_ham, tmp_path / "ham")
-    pd.read_csv(bad / "HAM10000_metadata.csv").iloc[:0].to_csv(bad / "HAM10000_metadata.csv",
-                                                              index=False)
+    pd.read_csv(bad / "HAM10000_metadata.csv").iloc[:0].to_csv(
+        bad / "HAM10000_metadata.csv", index=False
+    )
     with pytest.raises(DataError, match="empty"):
         load_dataset(bad)
 
@@ -300,8 +318,17 @@ def test_cli_summary_and_prepare(real_npz, tmp_path):
     assert summary["kind"] == "npz" and summary["n"] == 10015
     assert summary["class_counts"] == HAM_COUNTS and summary["lesions"] == 7470
     out = tmp_path / "prep" / "small.npz"
-    proc = run_cli("data", "prepare", "--data", str(real_npz), "--size", "16", "--out", str(out),
-                   env_cache=tmp_path)
+    proc = run_cli(
+        "data",
+        "prepare",
+        "--data",
+        str(real_npz),
+        "--size",
+        "16",
+        "--out",
+        str(out),
+        env_cache=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     ds = load_dataset(out, size=16)
     assert ds.images.shape == (10015, 16, 16, 3) and ds.num_lesions == 7470

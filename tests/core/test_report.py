@@ -5,20 +5,39 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skinadv.report import Example, build_report, flatten_metrics, records_frame, save_report, table2
+from skinadv.report import (
+    Example,
+    build_report,
+    flatten_metrics,
+    records_frame,
+    save_report,
+    table2,
+)
 
 
 def record(method, fraction, seed=0, *, clean=0.6, t_fgsm=0.5, t_pgd=0.4, w_fgsm=0.3, w_pgd=0.1):
     nested = {
-        "transfer": {"clean": {"accuracy": clean, "balanced_accuracy": clean - 0.1,
-                               "recall": {"mel": 0.42, "nv": 0.9}},
-                     "fgsm": {"accuracy": t_fgsm, "balanced_accuracy": t_fgsm - 0.1},
-                     "pgd": {"accuracy": t_pgd, "balanced_accuracy": t_pgd - 0.1}},
-        "whitebox": {"fgsm": {"accuracy": w_fgsm, "balanced_accuracy": w_fgsm - 0.1},
-                     "pgd": {"accuracy": w_pgd, "balanced_accuracy": w_pgd - 0.1}},
+        "transfer": {
+            "clean": {
+                "accuracy": clean,
+                "balanced_accuracy": clean - 0.1,
+                "recall": {"mel": 0.42, "nv": 0.9},
+            },
+            "fgsm": {"accuracy": t_fgsm, "balanced_accuracy": t_fgsm - 0.1},
+            "pgd": {"accuracy": t_pgd, "balanced_accuracy": t_pgd - 0.1},
+        },
+        "whitebox": {
+            "fgsm": {"accuracy": w_fgsm, "balanced_accuracy": w_fgsm - 0.1},
+            "pgd": {"accuracy": w_pgd, "balanced_accuracy": w_pgd - 0.1},
+        },
     }
-    return {"cell": f"{method}@{fraction}", "method": method, "fraction": fraction, "seed": seed,
-            **flatten_metrics(nested)}
+    return {
+        "cell": f"{method}@{fraction}",
+        "method": method,
+        "fraction": fraction,
+        "seed": seed,
+        **flatten_metrics(nested),
+    }
 
 
 def grid_records():
@@ -27,8 +46,9 @@ def grid_records():
     for m in ("fgsm", "pgd", "mix"):
         for f in (0.2, 0.4, 0.6, 0.8):
             a = float(rng.uniform(0.3, 0.7))
-            recs.append(record(m, f, clean=a, t_fgsm=a - 0.01, t_pgd=a - 0.02, w_fgsm=0.05,
-                               w_pgd=0.01))
+            recs.append(
+                record(m, f, clean=a, t_fgsm=a - 0.01, t_pgd=a - 0.02, w_fgsm=0.05, w_pgd=0.01)
+            )
     return recs
 
 
@@ -51,12 +71,18 @@ def test_tables_equal_records_and_pick_best_split(tmp_path):
         row = grid[(grid["method"] == r["method"]) & (grid["fraction"] == r["fraction"])].iloc[0]
         assert row["clean_acc"] == pytest.approx(100 * r["clean_accuracy"])
         assert row["transfer_pgd_acc"] == pytest.approx(100 * r["transfer_pgd_accuracy"])
-        assert row["whitebox_fgsm_bal_acc"] == pytest.approx(100 * r["whitebox_fgsm_balanced_accuracy"])
+        assert row["whitebox_fgsm_bal_acc"] == pytest.approx(
+            100 * r["whitebox_fgsm_balanced_accuracy"]
+        )
     t2 = table2(records_frame(recs))
     for _, row in t2.iterrows():
         cells = [r for r in recs[1:] if r["method"] == row["method"]]
-        best = max(cells, key=lambda r: r["clean_accuracy"] + r["transfer_fgsm_accuracy"]
-                   + r["transfer_pgd_accuracy"])
+        best = max(
+            cells,
+            key=lambda r: (
+                r["clean_accuracy"] + r["transfer_fgsm_accuracy"] + r["transfer_pgd_accuracy"]
+            ),
+        )
         assert row["best_fraction"] == best["fraction"]
     # every cell is far below transfer under white-box: the report must say so
     assert sum("overstates" in n for n in rep.notes) == 24
@@ -68,8 +94,11 @@ def test_tables_equal_records_and_pick_best_split(tmp_path):
 
 
 def test_seeds_are_averaged_and_label_leaking_flagged():
-    recs = [record(None, None), record("pgd", 0.8, 0, clean=0.5, t_pgd=0.9),
-            record("pgd", 0.8, 1, clean=0.7, t_pgd=0.9)]
+    recs = [
+        record(None, None),
+        record("pgd", 0.8, 0, clean=0.5, t_pgd=0.9),
+        record("pgd", 0.8, 1, clean=0.7, t_pgd=0.9),
+    ]
     frame = records_frame(recs)
     row = frame[frame["method"] == "pgd"].iloc[0]
     assert row["clean_accuracy"] == pytest.approx(60.0) and row["seeds"] == 2

@@ -40,8 +40,13 @@ def test_fit_same_seed_same_weights(small_train):
 
 def test_fit_hook_and_result(small_train):
     seen: list[EpochStats] = []
-    res = fit("paper_cnn", small_train, FAST.model_copy(update={"epochs": 2}),
-              on_epoch=seen.append, model_kwargs={"width": 4})
+    res = fit(
+        "paper_cnn",
+        small_train,
+        FAST.model_copy(update={"epochs": 2}),
+        on_epoch=seen.append,
+        model_kwargs={"width": 4},
+    )
     assert [s.epoch for s in seen] == [1, 2] and res.history == seen
     assert all(np.isfinite(s.loss) and 0 <= s.train_acc <= 1 and s.seconds > 0 for s in seen)
     assert res.n_train == 203 and res.device == "cpu"
@@ -79,9 +84,19 @@ def test_prepare_data_split_and_oversample(real_ds):
 @pytest.fixture(scope="module")
 def pools(tiny_trained, small_train):
     x, y = small_train
-    return {m: adversarial_pool(tiny_trained.model, x, y, method=m, fraction=0.8,
-                                attack_cfg=ATTACK, seed=3, progress=False)
-            for m in ("fgsm", "pgd", "mix")}
+    return {
+        m: adversarial_pool(
+            tiny_trained.model,
+            x,
+            y,
+            method=m,
+            fraction=0.8,
+            attack_cfg=ATTACK,
+            seed=3,
+            progress=False,
+        )
+        for m in ("fgsm", "pgd", "mix")
+    }
 
 
 @pytest.mark.parametrize("method", ["fgsm", "pgd", "mix"])
@@ -123,8 +138,16 @@ def test_mix_is_half_and_half_in_every_prefix(pools):
 
 def test_pool_same_seed_same_examples(tiny_trained, small_train, pools):
     x, y = small_train
-    again = adversarial_pool(tiny_trained.model, x, y, method="pgd", fraction=0.8,
-                             attack_cfg=ATTACK, seed=3, progress=False)
+    again = adversarial_pool(
+        tiny_trained.model,
+        x,
+        y,
+        method="pgd",
+        fraction=0.8,
+        attack_cfg=ATTACK,
+        seed=3,
+        progress=False,
+    )
     assert np.array_equal(again.index, pools["pgd"].index)
     assert np.array_equal(again.x_adv, pools["pgd"].x_adv)
 
@@ -140,14 +163,16 @@ def test_pool_save_load(pools, tmp_path):
 @pytest.mark.parametrize("fraction", [0.0, -0.1, 1.2])
 def test_bad_fraction(tiny_trained, small_train, fraction):
     with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
-        adversarial_pool(tiny_trained.model, *small_train, method="fgsm", fraction=fraction,
-                         attack_cfg=ATTACK)
+        adversarial_pool(
+            tiny_trained.model, *small_train, method="fgsm", fraction=fraction, attack_cfg=ATTACK
+        )
 
 
 def test_bad_method_and_take(tiny_trained, small_train, pools):
     with pytest.raises(ValueError, match="unknown adversarial training method 'bim'"):
-        adversarial_pool(tiny_trained.model, *small_train, method="bim", fraction=0.2,
-                         attack_cfg=ATTACK)
+        adversarial_pool(
+            tiny_trained.model, *small_train, method="bim", fraction=0.2, attack_cfg=ATTACK
+        )
     with pytest.raises(ValueError, match="craft for the largest fraction"):
         pools["fgsm"].take(0.9)
     with pytest.raises(ValueError, match="crafted from 203"):

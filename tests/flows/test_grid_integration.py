@@ -14,11 +14,22 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-TINY = ["--set", "data.subset=400", "--set", "train.epochs=1", "--set", "attack.pgd.steps=3",
-        "--set", "model.width=8"]
-METRIC_KEYS = [f"{p}_{a}_{m}" for p in ("transfer", "whitebox") for a in ("fgsm", "pgd")
-               for m in ("accuracy", "balanced_accuracy")] + ["clean_accuracy",
-                                                              "clean_balanced_accuracy"]
+TINY = [
+    "--set",
+    "data.subset=400",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "attack.pgd.steps=3",
+    "--set",
+    "model.width=8",
+]
+METRIC_KEYS = [
+    f"{p}_{a}_{m}"
+    for p in ("transfer", "whitebox")
+    for a in ("fgsm", "pgd")
+    for m in ("accuracy", "balanced_accuracy")
+] + ["clean_accuracy", "clean_balanced_accuracy"]
 EXPERIMENT = "it-grid"
 
 
@@ -33,16 +44,37 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def grid_env(stack, real_npz, tmp_path_factory):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri,
-           "PREFECT_API_URL": stack.prefect_api_url, "RAY_ADDRESS": stack.ray_address}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri,
+        "PREFECT_API_URL": stack.prefect_api_url,
+        "RAY_ADDRESS": stack.ray_address,
+    }
     return env, tmp_path_factory.mktemp("grid")
 
 
 def run_grid(env, run_dir: Path, data: Path) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-m", "skinadv.cli", "grid", "--data", str(data), "--preset", "quick",
-         *TINY, "--experiment", EXPERIMENT, "--run-dir", str(run_dir), "--json"],
-        env=env, capture_output=True, text=True, timeout=1200,
+        [
+            sys.executable,
+            "-m",
+            "skinadv.cli",
+            "grid",
+            "--data",
+            str(data),
+            "--preset",
+            "quick",
+            *TINY,
+            "--experiment",
+            EXPERIMENT,
+            "--run-dir",
+            str(run_dir),
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stderr[-6000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -59,8 +91,9 @@ def child_runs(parent_id: str):
 
     c = mlflow.MlflowClient()
     exp = c.get_experiment_by_name(EXPERIMENT)
-    return c.search_runs([exp.experiment_id],
-                         filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return c.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    )
 
 
 def test_first_run_trains_13_finished_child_runs(stack, first):
@@ -69,8 +102,9 @@ def test_first_run_trains_13_finished_child_runs(stack, first):
     runs = child_runs(first["parent_run_id"])
     assert len(runs) == 13
     names = sorted(r.data.tags["skinadv.cell"] for r in runs)
-    assert names == sorted(["vanilla"] + [f"{m}@{f:g}" for m in ("fgsm", "pgd", "mix")
-                                          for f in (0.2, 0.4, 0.6, 0.8)])
+    assert names == sorted(
+        ["vanilla"] + [f"{m}@{f:g}" for m in ("fgsm", "pgd", "mix") for f in (0.2, 0.4, 0.6, 0.8)]
+    )
     for r in runs:
         assert r.info.status == "FINISHED" and r.data.tags["skinadv.complete"] == "true"
         missing = [k for k in METRIC_KEYS if k not in r.data.metrics]
@@ -83,8 +117,9 @@ def test_first_run_trains_13_finished_child_runs(stack, first):
     n_train = int(runs[0].data.params["n_train"])
     for r in runs:
         if r.data.params["method"] != "none":
-            assert int(r.data.params["n_adversarial"]) == round(float(r.data.params["fraction"])
-                                                                * n_train)
+            assert int(r.data.params["n_adversarial"]) == round(
+                float(r.data.params["fraction"]) * n_train
+            )
 
 
 def test_models_load_back(stack, first, tmp_path):
@@ -115,7 +150,8 @@ def test_gathered_tables_equal_run_metrics(stack, first):
         assert row["clean_acc"] == pytest.approx(100 * m["clean_accuracy"])
         assert row["transfer_pgd_acc"] == pytest.approx(100 * m["transfer_pgd_accuracy"])
         assert row["whitebox_fgsm_bal_acc"] == pytest.approx(
-            100 * m["whitebox_fgsm_balanced_accuracy"])
+            100 * m["whitebox_fgsm_balanced_accuracy"]
+        )
     t1 = pd.read_csv(out / "table1_vanilla.csv", index_col=0)
     v = runs["vanilla"].data.metrics
     assert t1.loc["transfer", "pgd_acc"] == pytest.approx(100 * v["transfer_pgd_accuracy"])
@@ -131,8 +167,10 @@ def test_gathered_tables_equal_run_metrics(stack, first):
 def test_flow_runs_recorded_in_prefect(stack, first):
     import httpx
 
-    resp = httpx.post(f"{stack.prefect_api_url}/flow_runs/filter",
-                      json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}})
+    resp = httpx.post(
+        f"{stack.prefect_api_url}/flow_runs/filter",
+        json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}},
+    )
     resp.raise_for_status()
     assert len(resp.json()) >= 1
     tasks = httpx.post(f"{stack.prefect_api_url}/task_runs/filter", json={}).json()
@@ -150,9 +188,24 @@ def test_second_run_reuses_all_and_report_rebuilds(stack, first, grid_env, real_
     assert {r["run_id"] for r in second["records"]} == first_ids
     # skinadv report rebuilds the same table from MLflow alone
     out = run_dir / "rebuilt"
-    proc = subprocess.run([sys.executable, "-m", "skinadv.cli", "report", "--experiment",
-                           EXPERIMENT, "--run-dir", str(run_dir), "--out", str(out)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "skinadv.cli",
+            "report",
+            "--experiment",
+            EXPERIMENT,
+            "--run-dir",
+            str(run_dir),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = pd.read_csv(out / "grid_all_cells.csv")
     b = pd.read_csv(Path(first["out_dir"]) / "grid_all_cells.csv")
