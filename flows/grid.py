@@ -36,15 +36,29 @@ from tasks.grid import (
 )
 
 console = Console(stderr=True)
+POOL_COST_ORDER = ("pgd", "mix", "fgsm")
 
 
 def ray_resources() -> dict[str, float]:
-    """Per-cell Ray resources: 1 CPU (torch threads match); a GPU share when CUDA is here."""
-    import torch
+    """Per-cell Ray resources: 1 CPU (torch threads match), plus a GPU share when the Ray
+    cluster has GPUs (a CPU head with GPU workers counts) or CUDA is visible here.
 
-    if torch.cuda.is_available():
-        share = float(os.environ.get("SKINADV_GPU_PER_CELL", "0.25"))
-        return {"num_cpus": 1, "num_gpus": share}
+    ``SKINADV_GPU_PER_CELL`` sets the share (default 0.25: four cells per GPU).
+    """
+    gpus = 0.0
+    try:
+        import ray
+
+        if ray.is_initialized():
+            gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    except Exception:  # no Ray here: fall back to this process's view
+        gpus = 0.0
+    if not gpus:
+        import torch
+
+        gpus = float(torch.cuda.device_count())
+    if gpus:
+        return {"num_cpus": 1, "num_gpus": float(os.environ.get("SKINADV_GPU_PER_CELL", "0.25"))}
     return {"num_cpus": 1}
 
 
@@ -211,7 +225,8 @@ def _run_grid(
                 m: craft_pool.submit(
                     cfg, data, vanilla, method=m, seed=seed, config_hash=vhash, workdir=workdir
                 )
-                for m in cfg.methods
+                # the costliest pool first: it is the critical path (PGD >> mix >> FGSM)
+                for m in sorted(cfg.methods, key=POOL_COST_ORDER.index)
                 if any(c[1] == m for c, _ in todo)
             }
             for c, h in todo:

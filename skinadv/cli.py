@@ -25,10 +25,11 @@ app.add_typer(data_app, name="data")
 
 def _register_commands() -> None:
     """Merge the command groups defined beside the data commands (flat: ``skinadv grid``)."""
-    from skinadv.commands import experiment, grid, stack
+    from skinadv.commands import experiment, grid, serve, stack
 
-    for module in (experiment, grid, stack):
+    for module in (experiment, grid, serve, stack):
         app.add_typer(module.app)
+
 
 console = Console()
 err_console = Console(stderr=True)
@@ -36,7 +37,8 @@ err_console = Console(stderr=True)
 DataOpt = Annotated[
     str,
     typer.Option(
-        "--data", "-d",
+        "--data",
+        "-d",
         help="Data SPEC: HAM10000 folder, hmnist CSV, dermamnist.npz, canonical .npz, "
         "s3://bucket/key or synthetic[:N[:SEED]].",
         envvar="SKINADV_DATA",
@@ -53,8 +55,13 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def progress_bar(description: str) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
     )
 
 
@@ -110,7 +117,9 @@ def data_summary(
     table.add_row("classes", ", ".join(f"{c} {summary['class_counts'][c]}" for c in CLASSES))
     table.add_row("lesions", "unknown" if ds.num_lesions is None else str(ds.num_lesions))
     if summary["given_split"]:
-        table.add_row("given split", ", ".join(f"{k} {v}" for k, v in summary["given_split"].items()))
+        table.add_row(
+            "given split", ", ".join(f"{k} {v}" for k, v in summary["given_split"].items())
+        )
     table.add_row("fingerprint", summary["fingerprint"])
     table.add_row("load time", f"{seconds:.2f} s")
     console.print(table)
@@ -127,7 +136,9 @@ def data_prepare(
         raise fail(f"{out}: the output must be a .npz file")
     ds = load_with_progress(data, size)
     ds.save_npz(out)
-    console.print(f"wrote {out} ({len(ds)} images, {ds.size}x{ds.size}, fingerprint {ds.fingerprint()})")
+    console.print(
+        f"wrote {out} ({len(ds)} images, {ds.size}x{ds.size}, fingerprint {ds.fingerprint()})"
+    )
 
 
 _register_commands()

@@ -150,9 +150,14 @@ def flat_metrics(evals: Mapping[str, Any]) -> dict[str, float]:
 
 
 def sanity_sweeps(
-    cfg: ExperimentConfig, model: nn.Module, test: Dataset, *, max_images: int = 500, seed: int = 0
+    cfg: ExperimentConfig, model: nn.Module, test: Dataset, *, max_images: int = 256, seed: int = 0
 ) -> dict[str, list[dict[str, Any]]]:
-    """The sweeps behind the Carlini checks, on (at most) ``max_images`` test images."""
+    """The sweeps behind the Carlini checks, on (at most) ``max_images`` test images.
+
+    About 45 PGD steps per image in all (~3 training epochs of 11k images on the quick
+    preset's data); the eps sweep uses at least 20 steps, since few steps at large eps
+    saturate pixels where the gradient vanishes and accuracy stalls above 0.
+    """
     x, y = test.to_float()
     x, y = x[:max_images], y[:max_images]
     pgd = cfg.attack.pgd
@@ -163,7 +168,7 @@ def sanity_sweeps(
             model,
             x,
             y,
-            (0.0, 2 / 255, 8 / 255, 0.1, 0.2, 0.3, 0.5),
+            (0.0, 2 / 255, 8 / 255, 0.1, 0.3, 0.5),
             steps=max(pgd.steps, 20),
             seed=seed,
         ),

@@ -1,0 +1,84 @@
+"""Deployments of the grid flow: served by ``skinadv serve``, or registered from
+``infra/prefect.yaml`` for a process work pool. Deployments live in this one file.
+
+Both run the flow on the Ray runner. A served deployment carries the runner it was given
+(``Runner`` pickles the flow object into each flow-run process); a work-pool deployment is
+imported afresh in each flow-run process, so ``ray_grid_flow`` builds its runner from the
+environment there (``RAY_ADDRESS``, ``PREFECT_API_URL``, ``MLFLOW_TRACKING_URI`` set by the
+work pool's ``job_variables.env``).
+
+Import this module only after ``PREFECT_API_URL`` is in the environment, like flows.grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import Flow, serve
+from prefect.deployments.runner import RunnerDeployment
+from prefect.types.entrypoint import EntrypointType
+
+from flows.grid import grid_flow, make_task_runner
+
+DEPLOYMENT_NAME = "grid"
+TAGS = ["skinadv", "grid"]
+
+# The entrypoint for work pools (infra/prefect.yaml): the grid flow on the Ray runner that
+# the flow-run process's environment points at.
+ray_grid_flow = grid_flow.with_options(task_runner=make_task_runner())
+
+
+def served_flow(ray_address: str | None = None, env: dict[str, str] | None = None) -> Flow:
+    """The grid flow on a Ray runner whose workers get ``env`` (Prefect/MLflow addresses).
+
+    Args:
+        ray_address: Ray GCS address (``host:port``) or ``ray://`` client address; None
+            reads ``RAY_ADDRESS`` (unset: a local Ray).
+        env: environment variables for every Ray worker, added to the non-secret ones of
+            this process (``skinadv.tracking.env_for_workers``).
+    """
+    return grid_flow.with_options(task_runner=make_task_runner(ray_address, env))
+
+
+def grid_deployment(
+    parameters: dict[str, Any],
+    *,
+    name: str = DEPLOYMENT_NAME,
+    cron: str | None = None,
+    ray_address: str | None = None,
+    env: dict[str, str] | None = None,
+) -> RunnerDeployment:
+    """The grid as a deployment to serve: default parameters and an optional cron schedule.
+
+    Args:
+        parameters: default parameters of ``grid_flow`` (preset, data, methods, fractions,
+            seeds, overrides, experiment, force, workdir, out_dir); a run started from the
+            API or UI overrides any of them.
+        name: deployment name; the full name is ``skinadv-grid/<name>``.
+        cron: cron expression (UTC) for scheduled reruns; None: runs only when triggered.
+        ray_address, env: the Ray runner's address and worker environment (see served_flow).
+
+    Returns:
+        The deployment, ready for ``serve_grid``.
+    """
+    deployment = served_flow(ray_address, env).to_deployment(
+        name=name,
+        cron=cron,
+        parameters=parameters,
+        tags=TAGS,
+        description="skinadv methods x fractions grid on Ray, tracked in MLflow",
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    # what a work pool would import to get the same flow on Ray (shown in the UI)
+    deployment.entrypoint = f"{__name__}.ray_grid_flow"
+    return deployment
+
+
+def serve_grid(deployment: RunnerDeployment, *, limit: int = 1) -> None:
+    """Register the deployment and run its scheduled and triggered runs until interrupted.
+
+    Args:
+        deployment: from ``grid_deployment``.
+        limit: flow runs at once; further runs wait (one grid already fills the Ray workers).
+    """
+    serve(deployment, limit=limit, print_starting_message=False)

@@ -1,0 +1,215 @@
+"""``skinadv serve``: the grid deployment registered with its cron schedule, a run started
+through the Prefect API on the real Ray runner and MLflow server, and a clean stop.
+Bad parameters stop it before any service starts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+TINY = ["data.subset=400", "train.epochs=1", "attack.pgd.steps=3", "model.width=8"]
+EXPERIMENT = "it-serve"
+DEPLOYMENT = "it-serve"
+CRON = "0 3 * * *"
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--cron", "61 3 * * *"], "bad cron expression '61 3 * * *'"),
+    (["--cron", "every day"], "needs 5 fields"),
+    (["--cron", CRON, "--set", "train.epochs=0"], "train.epochs"),
+    (["--cron", CRON, "--fractions", "0.2,1.5"], "fraction"),
+    (["--name", "nightly/grid"], "bad deployment name 'nightly/grid'"),
+])
+def test_bad_input_exits_2_before_starting_anything(tmp_path, monkeypatch, args, message):
+    from typer.testing import CliRunner
+
+    from skinadv.cli import app
+
+    for var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAY_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    run_dir = tmp_path / "run"
+    res = CliRunner().invoke(app, ["serve", *args, "--data", "synthetic:100",
+                                   "--run-dir", str(run_dir)])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    assert message in lines[0]
+    assert not run_dir.exists()  # no service was started
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from skinadv.stack import Stack
+
+    with Stack(tmp_path_factory.mktemp("stack"), ray_num_cpus=2) as st:
+        yield st
+
+
+def _log_tail(path: Path, n: int = 60) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
+
+
+def _wait(what: str, check, timeout_s: float, log: Path, interval: float = 2.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}; serve log:\n"
+                f"{_log_tail(log)}")
+
+
+def start_serve(run_dir: Path, env: dict, log: Path) -> subprocess.Popen:
+    """skinadv serve with defaults that the API run overrides (synthetic data, experiment)."""
+    with open(log, "w") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "skinadv.cli", "serve", "--cron", CRON, "--name", DEPLOYMENT,
+             "--data", "synthetic:300", "--experiment", "it-serve-default",
+             "--run-dir", str(run_dir)],
+            env=env, stdout=fh, stderr=subprocess.STDOUT,
+        )
+
+
+@pytest.mark.integration
+def test_serve_registers_schedule_runs_from_api_and_stops(stack, real_npz, tmp_path):
+    import mlflow
+
+    api = stack.prefect_api_url
+    run_dir = tmp_path / "serve"
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri,
+           "PREFECT_API_URL": api, "RAY_ADDRESS": stack.ray_address}
+    log2 = tmp_path / "serve-again.log"
+    t0 = time.monotonic()
+    proc = start_serve(run_dir, env, log)
+    try:
+        def deployment():
+            assert proc.poll() is None, f"serve exited early:\n{_log_tail(log)}"
+            resp = httpx.post(f"{api}/deployments/filter",
+                              json={"deployments": {"name": {"any_": [DEPLOYMENT]}}})
+            resp.raise_for_status()
+            return resp.json()[0] if resp.json() else None
+
+        dep = _wait("the deployment to be registered", deployment, 180, log)
+        assert [s["schedule"].get("cron") for s in dep["schedules"]] == [CRON]
+        assert all(s["active"] for s in dep["schedules"])
+        assert dep["parameters"]["experiment"] == "it-serve-default"
+        assert dep["parameters"]["workdir"] == str((run_dir / "work").resolve())
+        assert dep["entrypoint"] == "flows.deployments.ray_grid_flow"
+        registered_s = time.monotonic() - t0
+
+        params = {"data": str(real_npz), "overrides": TINY, "methods": ["fgsm"],
+                  "fractions": [0.2], "experiment": EXPERIMENT}
+        resp = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run",
+                          json={"parameters": params})
+        resp.raise_for_status()
+        flow_run_id = resp.json()["id"]
+
+        def finished():
+            run = httpx.get(f"{api}/flow_runs/{flow_run_id}").json()
+            return run if run["state"]["type"] in TERMINAL else None
+
+        run = _wait("the flow run to finish", finished, 600, log, interval=5)
+        assert run["state"]["type"] == "COMPLETED", _log_tail(log)
+        # the run's parameters: the API's, over the deployment's defaults
+        assert run["parameters"]["experiment"] == EXPERIMENT
+        assert run["parameters"]["workdir"] == str((run_dir / "work").resolve())
+        run_s = time.monotonic() - t0 - registered_s
+
+        client = mlflow.MlflowClient(stack.mlflow_tracking_uri)
+        exp = client.get_experiment_by_name(EXPERIMENT)
+        assert exp is not None
+        parents = client.search_runs([exp.experiment_id],
+                                     filter_string="tags.`skinadv.kind` = 'parent'")
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        children = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+        assert sorted(r.data.tags["skinadv.cell"] for r in children) == ["fgsm@0.2", "vanilla"]
+        assert all(r.info.status == "FINISHED" for r in children)
+        assert {r.data.params["data_kind"] for r in children} == {"npz"}
+        # the cells ran on the stack's Ray: the tasks reported to the same Prefect server
+        tasks = httpx.post(f"{api}/task_runs/filter", json={
+            "flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
+        assert {"train-vanilla", "train-cell", "evaluate"} <= {
+            t["name"].rsplit("-", 1)[0] for t in tasks}
+        assert (run_dir / "report" / EXPERIMENT / "report.html").is_file()
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0, _log_tail(log)
+        assert "stopped serving" in log.read_text()
+        # the runner paused the deployment on its way out (no reruns with nobody serving)
+        assert httpx.get(f"{api}/deployments/{dep['id']}").json()["paused"] is True
+
+        # serving again unpauses the same deployment; SIGTERM stops it cleanly too
+        proc = start_serve(run_dir, env, log2)
+        _wait("the deployment to be unpaused", lambda: httpx.get(
+            f"{api}/deployments/{dep['id']}").json()["paused"] is False and
+            "serving;" in log2.read_text(), 180, log2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, _log_tail(log2)
+        assert "stopped serving" in log2.read_text()
+        print(f"\nserve: registered after {registered_s:.0f} s, tiny grid run {run_s:.0f} s")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.integration
+def test_prefect_yaml_deploys_and_a_process_worker_runs_it(stack, real_npz, tmp_path):
+    """infra/prefect.yaml through `prefect deploy` and a `process` worker, on the stack."""
+    import mlflow
+
+    repo = Path(__file__).resolve().parents[2]
+    api = stack.prefect_api_url
+    prefect = str(Path(sys.executable).parent / "prefect")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri,
+           "PREFECT_API_URL": api, "RAY_ADDRESS": stack.ray_address,
+           "MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9", "SKINADV_REPO": str(repo)}
+
+    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        proc = subprocess.run([prefect, *args], env=env, cwd=repo, capture_output=True,
+                              text=True, timeout=timeout, check=False)
+        assert proc.returncode == 0, (args, proc.stdout[-3000:], proc.stderr[-3000:])
+        return proc
+
+    run("work-pool", "create", "skinadv-process", "--type", "process")
+    run("--no-prompt", "deploy", "--prefect-file", "infra/prefect.yaml", "--name", "grid")
+    (dep,) = httpx.post(f"{api}/deployments/filter", json={
+        "deployments": {"name": {"any_": ["grid"]}}}).json()
+    assert dep["entrypoint"] == "flows/deployments.py:ray_grid_flow"
+    assert dep["work_pool_name"] == "skinadv-process"
+    assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 3 * * *"]
+    assert dep["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {
+        "directory": str(repo)}}]
+    job_env = dep["job_variables"]["env"]
+    assert job_env["RAY_ADDRESS"] == stack.ray_address  # filled from the deploying shell
+    assert job_env["MLFLOW_TRACKING_URI"] == stack.mlflow_tracking_uri
+
+    params = {"data": str(real_npz), "overrides": TINY, "methods": ["fgsm"],
+              "fractions": [0.2], "experiment": "it-pool", "workdir": str(tmp_path / "work")}
+    resp = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run",
+                      json={"parameters": params})
+    resp.raise_for_status()
+    flow_run_id = resp.json()["id"]
+    # one poll: picks up the run and waits for it (--limit makes --run-once wait)
+    worker = run("worker", "start", "--pool", "skinadv-process", "--run-once", "--limit", "1",
+                 timeout=600)
+    state = httpx.get(f"{api}/flow_runs/{flow_run_id}").json()["state"]["type"]
+    assert state == "COMPLETED", worker.stdout[-6000:] + worker.stderr[-6000:]
+    client = mlflow.MlflowClient(stack.mlflow_tracking_uri)
+    exp = client.get_experiment_by_name("it-pool")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags.get("skinadv.cell", "parent") for r in runs) == [
+        "fgsm@0.2", "parent", "vanilla"]
+    assert all(r.info.status == "FINISHED" for r in runs)
