@@ -14,6 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from skinadv.commands import console as err_console
+from skinadv.commands import fail
+
 app = typer.Typer(
     help="Adversarial attacks and defences for skin-lesion classification (HAM10000).",
     no_args_is_help=True,
@@ -31,8 +34,7 @@ def _register_commands() -> None:
         app.add_typer(module.app)
 
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 DataOpt = Annotated[
     str,
@@ -45,12 +47,6 @@ DataOpt = Annotated[
     ),
 ]
 SizeOpt = Annotated[int, typer.Option("--size", help="Image side length in pixels.")]
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one clear error line (no traceback) and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def progress_bar(description: str) -> Progress:

@@ -13,15 +13,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from skinadv.commands import console, fail
 
 app = typer.Typer(pretty_exceptions_enable=False)
-console = Console(stderr=True)
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def default_data() -> tuple[str, str]:
@@ -44,11 +39,11 @@ def _split_list(text: str | None, kind=str) -> list | None:
 
 
 def _flush_prefect_logs() -> None:
-    """Send Prefect's buffered logs while its server is still up."""
+    """Send Prefect's buffered logs while its server is still up (else they are lost)."""
     try:
-        from prefect.logging.handlers import APILogHandler
+        from prefect.logging.handlers import APILogWorker
 
-        APILogHandler.flush()
+        APILogWorker.drain_all(timeout=10)
     except Exception:  # logging must never turn a finished grid into a failure
         pass
 

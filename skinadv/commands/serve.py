@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from skinadv.commands.grid import _split_list, default_data, fail
+from skinadv.commands import console, fail
+from skinadv.commands.grid import _split_list, default_data
 
 app = typer.Typer(pretty_exceptions_enable=False)
-console = Console(stderr=True)
 
 
 def check_cron(expr: str) -> str:
@@ -29,13 +28,16 @@ def check_cron(expr: str) -> str:
     from pydantic import ValidationError
 
     if len(expr.split()) != 5:
-        raise ValueError(f"cron expression {expr!r} needs 5 fields (minute hour day month "
-                         f"weekday), e.g. '0 3 * * *' for 03:00 UTC daily")
+        raise ValueError(
+            f"cron expression {expr!r} needs 5 fields (minute hour day month "
+            f"weekday), e.g. '0 3 * * *' for 03:00 UTC daily"
+        )
     try:
         return CronSchedule(cron=expr).cron
     except ValidationError as exc:
-        reason = "; ".join(str(e.get("msg", "invalid")).removeprefix("Value error, ")
-                           for e in exc.errors())
+        reason = "; ".join(
+            str(e.get("msg", "invalid")).removeprefix("Value error, ") for e in exc.errors()
+        )
         raise ValueError(f"bad cron expression {expr!r}: {reason}") from None
 
 
@@ -47,30 +49,51 @@ def check_name(name: str) -> str:
     try:
         return TypeAdapter(NonEmptyishName).validate_python(name)
     except ValidationError:
-        raise ValueError(f"bad deployment name {name!r}: it must be non-empty, without any "
-                         f"of {' '.join(BANNED_CHARACTERS)}") from None
+        raise ValueError(
+            f"bad deployment name {name!r}: it must be non-empty, without any "
+            f"of {' '.join(BANNED_CHARACTERS)}"
+        ) from None
 
 
 @app.command("serve")
 def serve(
-    cron: Annotated[str | None, typer.Option(help="Cron schedule (UTC) for reruns, e.g. "
-                    "'0 3 * * *'; without it runs start only from the UI or API.")] = None,
+    cron: Annotated[
+        str | None,
+        typer.Option(
+            help="Cron schedule (UTC) for reruns, e.g. "
+            "'0 3 * * *'; without it runs start only from the UI or API."
+        ),
+    ] = None,
     name: Annotated[str, typer.Option(help="Deployment name (skinadv-grid/NAME).")] = "grid",
-    data: Annotated[str | None, typer.Option("--data", "-d", help="Data SPEC (default: "
-                    "$SKINADV_DATA, $SKINADV_HAM10000, else synthetic).")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Data SPEC (default: $SKINADV_DATA, $SKINADV_HAM10000, else synthetic).",
+        ),
+    ] = None,
     preset: Annotated[str, typer.Option(help="Preset name (quick, paper) or YAML path.")] = "quick",
     methods: Annotated[str | None, typer.Option(help="Comma list, e.g. fgsm,pgd,mix.")] = None,
     fractions: Annotated[str | None, typer.Option(help="Comma list, e.g. 0.2,0.4.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma list of seeds.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override, e.g. "
-                    "train.epochs=2 (repeatable).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override, e.g. train.epochs=2 (repeatable).")
+    ] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "skinadv-grid",
-    force: Annotated[bool, typer.Option(help="Retrain cells even if a finished run exists.")] = False,
-    run_dir: Annotated[Path, typer.Option(help="Folder for services, work files and reports "
-                       "(shared by every Ray worker).", envvar="SKINADV_RUN_DIR")]
-    = Path("runs/serve"),
-    out: Annotated[Path | None, typer.Option(help="Report folder (default RUN_DIR/report/"
-                   "EXPERIMENT).")] = None,
+    force: Annotated[
+        bool, typer.Option(help="Retrain cells even if a finished run exists.")
+    ] = False,
+    run_dir: Annotated[
+        Path,
+        typer.Option(
+            help="Folder for services, work files and reports (shared by every Ray worker).",
+            envvar="SKINADV_RUN_DIR",
+        ),
+    ] = Path("runs/serve"),
+    out: Annotated[
+        Path | None, typer.Option(help="Report folder (default RUN_DIR/report/EXPERIMENT).")
+    ] = None,
 ) -> None:
     """Serve the grid as a Prefect deployment (cron reruns, runs from the UI) until Ctrl-C."""
     from skinadv.config import describe_error, grid_config
@@ -83,8 +106,14 @@ def serve(
     fraction_list = _split_list(fractions, float)
     seed_list = _split_list(seeds, int)
     try:
-        cfg = grid_config(preset, data=data, methods=method_list, fractions=fraction_list,
-                          seeds=seed_list, overrides=set_ or [])
+        cfg = grid_config(
+            preset,
+            data=data,
+            methods=method_list,
+            fractions=fraction_list,
+            seeds=seed_list,
+            overrides=set_ or [],
+        )
         kind = detect(cfg.data.spec)
         name = check_name(name)
         if cron is not None:
@@ -94,18 +123,27 @@ def serve(
     run_dir = run_dir.resolve()
     # only what was given: a run from the UI with another preset keeps that preset's axes
     parameters: dict[str, Any] = {
-        "preset": str(preset), "data": cfg.data.spec, "overrides": set_ or [],
-        "experiment": experiment, "force": force, "workdir": str(run_dir / "work"),
+        "preset": str(preset),
+        "data": cfg.data.spec,
+        "overrides": set_ or [],
+        "experiment": experiment,
+        "force": force,
+        "workdir": str(run_dir / "work"),
     }
-    for key, value in (("methods", method_list), ("fractions", fraction_list),
-                       ("seeds", seed_list)):
+    for key, value in (
+        ("methods", method_list),
+        ("fractions", fraction_list),
+        ("seeds", seed_list),
+    ):
         if value:
             parameters[key] = value
     if out is not None:
         parameters["out_dir"] = str(out.resolve())
     label = "SYNTHETIC data (not real lesions)" if kind == "synthetic" else f"{kind} data"
-    console.print(f"[bold]serve[/]: preset {cfg.name}, {label}: {cfg.data.spec} ({why}); "
-                  f"schedule: {f'cron {cron} (UTC)' if cron else 'none (runs on demand)'}")
+    console.print(
+        f"[bold]serve[/]: preset {cfg.name}, {label}: {cfg.data.spec} ({why}); "
+        f"schedule: {f'cron {cron} (UTC)' if cron else 'none (runs on demand)'}"
+    )
 
     from skinadv.stack import Stack, StackError
 
@@ -114,15 +152,22 @@ def serve(
             stack.print_addresses(console)
             from flows.deployments import grid_deployment, serve_grid
 
-            deployment = grid_deployment(parameters, name=name, cron=cron,
-                                         ray_address=stack.ray_address,
-                                         env=stack.ray_runtime_env()["env_vars"])
+            deployment = grid_deployment(
+                parameters,
+                name=name,
+                cron=cron,
+                ray_address=stack.ray_address,
+                env=stack.ray_runtime_env()["env_vars"],
+            )
             deployment_id = deployment.apply()  # serve_grid updates the same deployment
             ui = stack.addresses().get("prefect") or stack.prefect_api_url
-            console.print(f"deployment [bold]skinadv-grid/{name}[/]: "
-                          f"{ui}/deployments/deployment/{deployment_id}\nstart a run there or "
-                          f"with: prefect deployment run 'skinadv-grid/{name}' "
-                          f"--param experiment=...", soft_wrap=True)
+            console.print(
+                f"deployment [bold]skinadv-grid/{name}[/]: "
+                f"{ui}/deployments/deployment/{deployment_id}\nstart a run there or "
+                f"with: prefect deployment run 'skinadv-grid/{name}' "
+                f"--param experiment=...",
+                soft_wrap=True,
+            )
             console.print("serving; press Ctrl-C to stop")
             serve_grid(deployment)
     except StackError as exc:

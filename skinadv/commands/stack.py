@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from skinadv.commands import console
 
 app = typer.Typer(no_args_is_help=False, pretty_exceptions_enable=False)
-console = Console(stderr=True)
 
 
 @app.command("up")
