@@ -10,6 +10,30 @@ and logs under a run folder::
     RUN/ray -> Ray's temp dir           Ray head (sockets, session logs)
     RUN/logs/{mlflow,prefect,ray}.log   what each process printed
 
+Storage of the started servers (SQLite files and a local artifact folder unless told
+otherwise). Each is a ``Stack`` argument, else read from its environment variable; they
+only matter for a server this stack starts (a server found through ``MLFLOW_TRACKING_URI``
+or ``PREFECT_API_URL`` keeps its own storage)::
+
+    mlflow_backend_uri    $SKINADV_MLFLOW_BACKEND_URI    mlflow server --backend-store-uri
+        e.g. postgresql://mlflow@db.example:5432/mlflow (SQLAlchemy 2.1 reads postgresql://
+        with psycopg 3, 2.0 with psycopg2: both are dependencies)
+    mlflow_artifacts      $SKINADV_MLFLOW_ARTIFACTS      mlflow server --artifacts-destination
+        e.g. s3://bucket/prefix; the server proxies every artifact (--serve-artifacts), so
+        only the server needs S3 access; ``MLFLOW_S3_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL``)
+        selects an S3-compatible store (MinIO, moto)
+    prefect_database_url  $SKINADV_PREFECT_DATABASE_URL  PREFECT_SERVER_DATABASE_CONNECTION_URL
+        e.g. postgresql+asyncpg://prefect@db.example:5432/prefect (``postgresql://`` is
+        rewritten to ``postgresql+asyncpg://``); Prefect needs the ``pg_trgm`` extension
+
+Credentials never go on a command line or into a log: S3 keys come from boto3's standard
+chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, ``~/.aws``, an instance role) in
+the server's environment; a database password is best given as ``PGPASSWORD`` or in
+``~/.pgpass`` (libpq, psycopg2 and asyncpg all read them). A password written into a URL
+still works: MLflow then gets the URI through ``MLFLOW_BACKEND_STORE_URI`` instead of its
+argument list (visible to ``ps``), Prefect through its environment, and every address this
+module prints or logs has its ``user:password@`` replaced by ``***@``.
+
 Usage (the CLI starts the stack before it imports anything from Prefect)::
 
     with Stack(run_dir) as stack:          # or start_stack(run_dir)
@@ -70,7 +94,23 @@ WORKER_ENV_VARS = (
     "MLFLOW_S3_ENDPOINT_URL",
     "MLFLOW_EXPERIMENT_NAME",
 )
+# Storage settings of the started servers: Stack argument -> environment variable.
+STORAGE_ENV_VARS = {
+    "mlflow_backend_uri": "SKINADV_MLFLOW_BACKEND_URI",
+    "mlflow_artifacts": "SKINADV_MLFLOW_ARTIFACTS",
+    "prefect_database_url": "SKINADV_PREFECT_DATABASE_URL",
+}
+PREFECT_DRIVERS = ("postgresql+asyncpg://", "sqlite+aiosqlite://")
 DEFAULT_TIMEOUT_S = 240.0  # mlflow 52 s, prefect 86 s measured on 2 busy cores
+# Server-side MLflow settings that must not leak from the caller's environment into a
+# server started here (its storage is what the Stack was given).
+MLFLOW_SERVER_ENV_VARS = (
+    "MLFLOW_BACKEND_STORE_URI",
+    "MLFLOW_DEFAULT_ARTIFACT_ROOT",
+    "MLFLOW_ARTIFACTS_DESTINATION",
+    "MLFLOW_REGISTRY_STORE_URI",
+    "MLFLOW_ARTIFACTS_ONLY",
+)
 STOP_GRACE_S = 15.0
 # Unix socket paths are limited to 107 bytes; Ray puts about 70 more under its temp dir.
 RAY_TEMP_DIR_MAX_LEN = 32
@@ -120,6 +160,16 @@ class Stack:
         console: rich console for the waiting line and addresses (default: stderr).
         timeout_s: how long to wait for each started service's health check, in seconds.
         check_existing: ping services given by environment variables before using them.
+        mlflow_backend_uri: SQLAlchemy URI of a started MLflow server's backend store
+            (default ``$SKINADV_MLFLOW_BACKEND_URI``, else ``sqlite:///RUN/mlflow.db``).
+        mlflow_artifacts: where a started MLflow server keeps artifacts: a folder or an
+            ``s3://bucket/prefix`` URI (default ``$SKINADV_MLFLOW_ARTIFACTS``, else
+            ``RUN/mlartifacts``). Clients always upload through the server.
+        prefect_database_url: SQLAlchemy URL of a started Prefect server's database
+            (default ``$SKINADV_PREFECT_DATABASE_URL``, else ``RUN/prefect/prefect.db``).
+
+    Raises:
+        StackError: a storage setting is malformed (checked here, before anything starts).
     """
 
     def __init__(
@@ -133,8 +183,16 @@ class Stack:
         console: Console | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         check_existing: bool = True,
+        mlflow_backend_uri: str | None = None,
+        mlflow_artifacts: str | None = None,
+        prefect_database_url: str | None = None,
     ) -> None:
         self.run_dir = Path(run_dir).resolve()
+        self.mlflow_backend_uri = _setting(mlflow_backend_uri, "mlflow_backend_uri")
+        self.mlflow_artifacts = _setting(mlflow_artifacts, "mlflow_artifacts")
+        self.prefect_database_url = _prefect_url(
+            _setting(prefect_database_url, "prefect_database_url")
+        )
         self.wanted = {"mlflow": mlflow, "prefect": prefect, "ray": ray}
         self.ray_num_cpus = ray_num_cpus
         self.timeout_s = timeout_s
@@ -194,6 +252,8 @@ class Stack:
             to_start = [n for n in SERVICES if self.wanted[n] and n not in self.services]
             if to_start:
                 (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+                if "mlflow" in to_start:
+                    self._check_artifact_store()
                 self._plan(to_start)  # ports and addresses first: Ray workers inherit them
                 for name in to_start:  # launch all, then poll: they start side by side
                     self._launch(self.services[name])
@@ -248,19 +308,39 @@ class Stack:
         """Browser addresses ``{"mlflow": UI, "prefect": UI, "ray": dashboard}``, no credentials."""
         return {n: _redact(s.ui_url) for n, s in self.services.items()}
 
+    def storage(self) -> dict[str, str]:
+        """Where each started MLflow / Prefect server keeps its state, credentials redacted.
+
+        Returns:
+            ``{"mlflow": "<backend store>, artifacts <destination>", "prefect": "<database>"}``
+            for the servers this stack started (found ones keep their own storage).
+        """
+        out = {}
+        for name, svc in self.services.items():
+            if not svc.started:
+                continue
+            if name == "mlflow":
+                out[name] = (f"{_redact(self._mlflow_backend())}, "
+                             f"artifacts {_redact(self._mlflow_artifacts())}")
+            elif name == "prefect":
+                out[name] = str(_redact(self._prefect_database()))
+        return out
+
     def print_addresses(self, console: Console | None = None) -> None:
-        """Print a table of the services: UI address, who started it, start-up time."""
+        """Print a table of the services: UI address, who started it, start-up time, storage."""
         from rich.table import Table
 
         console = console or self.console
         titles = {"mlflow": "MLflow UI", "prefect": "Prefect UI", "ray": "Ray dashboard"}
+        storage = self.storage()
         table = Table(title="services", title_justify="left")
-        for col in ("service", "address", "source", "start-up"):
+        for col in ("service", "address", "source", "start-up", "storage"):
             table.add_column(col)
         for name, svc in self.services.items():
             source = "started here" if svc.started else f"from ${ENV_VARS[name]}"
             took = f"{svc.startup_s:.1f} s" if svc.startup_s is not None else "-"
-            table.add_row(titles[name], _redact(svc.ui_url) or "unknown", source, took)
+            table.add_row(titles[name], _redact(svc.ui_url) or "unknown", source, took,
+                          storage.get(name, "-"))
         console.print(table)
 
     def dead_services(self) -> list[str]:
@@ -370,9 +450,10 @@ class Stack:
             cmd, env = self._ray_command(svc, env)
         assert svc.log_path is not None
         log = svc.log_file = open(svc.log_path, "ab")  # noqa: SIM115 (closed in stop())
-        log.write(f"\n$ {' '.join(cmd)}\n".encode())
+        shown = " ".join(_redact_args(cmd))  # no password in a log, ever
+        log.write(f"\n$ {shown}\n".encode())
         log.flush()
-        logger.info("starting %s: %s", svc.name, " ".join(cmd))
+        logger.info("starting %s: %s", svc.name, shown)
         svc.launched_at = time.monotonic()
         try:
             svc.process = subprocess.Popen(
@@ -389,12 +470,28 @@ class Stack:
         except OSError as exc:
             raise StackError(f"could not run {cmd[0]}: {exc}") from exc
 
+    def _mlflow_backend(self) -> str:
+        return self.mlflow_backend_uri or f"sqlite:///{self.run_dir / 'mlflow.db'}"
+
+    def _mlflow_artifacts(self) -> str:
+        return self.mlflow_artifacts or str(self.run_dir / "mlartifacts")
+
+    def _prefect_database(self) -> str:
+        return self.prefect_database_url or (
+            f"sqlite+aiosqlite:///{self.run_dir / 'prefect' / 'prefect.db'}"
+        )
+
     def _mlflow_command(self, svc: Service, env: Env) -> tuple[list[str], Env]:
+        for key in MLFLOW_SERVER_ENV_VARS:
+            env.pop(key, None)  # this server's storage is the one given here, nothing else
         env |= {
             "MLFLOW_DISABLE_TELEMETRY": "true",
             # the job runner (huey) is for GenAI judges; not needed, saves a process
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         }
+        s3_endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+        if not env.get("MLFLOW_S3_ENDPOINT_URL") and s3_endpoint:
+            env["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint  # MLflow's own name for it
         cmd = [
             _script("mlflow"),
             "server",
@@ -404,25 +501,73 @@ class Stack:
             str(svc.ports[0]),
             "--workers",
             "1",  # 2 cores: one uvicorn worker is plenty and saves memory
-            "--backend-store-uri",
-            f"sqlite:///{self.run_dir / 'mlflow.db'}",
-            # runs get mlflow-artifacts:/ URIs; the server writes the files here, so
-            # Ray workers upload over HTTP and never need the folder
+        ]
+        backend = self._mlflow_backend()
+        if _has_password(backend):
+            env["MLFLOW_BACKEND_STORE_URI"] = backend  # not in argv, where ps shows it
+        else:
+            cmd += ["--backend-store-uri", backend]
+        cmd += [
+            # runs get mlflow-artifacts:/ URIs; the server writes the files to the
+            # destination (a folder or s3://), so Ray workers upload over HTTP and never
+            # need the folder or S3 credentials
             "--serve-artifacts",
             "--artifacts-destination",
-            str(self.run_dir / "mlartifacts"),
+            self._mlflow_artifacts(),
         ]
         return cmd, env
+
+    def _check_artifact_store(self) -> None:
+        """Fail fast, with a clear message, when the S3 artifact bucket cannot be used."""
+        dest = self._mlflow_artifacts()
+        if not dest.startswith("s3://"):
+            return
+        bucket = dest[len("s3://") :].split("/", 1)[0]
+        if not bucket:
+            raise StackError(f"MLflow artifacts destination {dest!r}: expected s3://bucket/prefix")
+        import boto3
+        import botocore.config
+        import botocore.exceptions
+
+        endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
+        where = f" at {_redact(endpoint)}" if endpoint else ""
+        config = botocore.config.Config(connect_timeout=5, read_timeout=10,
+                                        retries={"max_attempts": 2})
+        try:
+            boto3.client("s3", endpoint_url=endpoint, config=config).head_bucket(Bucket=bucket)
+        except botocore.exceptions.NoCredentialsError:
+            raise StackError(
+                f"no AWS credentials for the MLflow artifacts destination {dest}: set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials"
+            ) from None
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", "?"))
+            if code in ("403", "AccessDenied", "Forbidden"):
+                # may still write objects (s3:PutObject without s3:ListBucket): go on
+                logger.warning("cannot check bucket %s%s (access denied); going on", bucket, where)
+                return
+            what = "does not exist" if code in ("404", "NoSuchBucket") else f"error {code}"
+            raise StackError(
+                f"MLflow artifacts destination {dest}: bucket {bucket!r}{where} {what}"
+            ) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise StackError(
+                f"MLflow artifacts destination {dest}: S3{where} not usable "
+                f"({type(exc).__name__})"
+            ) from None
 
     def _prefect_command(self, svc: Service, env: Env) -> tuple[list[str], Env]:
         home = self.run_dir / "prefect"
         home.mkdir(parents=True, exist_ok=True)
         for key in [k for k in env if k.startswith("PREFECT_") and "DATABASE" in k]:
-            del env[key]  # never a team database: this server gets its own SQLite file
+            # never a database from the environment: SQLite in RUN/prefect, or the URL
+            # given here (whose pool, timeout and TLS settings may come from the env)
+            if self.prefect_database_url is None or "CONNECTION_URL" in key:
+                del env[key]
         env |= {
             "PREFECT_HOME": str(home),
             "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": self._prefect_database(),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_API_URL": svc.address,  # the UI calls the API here
         }
@@ -590,6 +735,9 @@ def start_stack(
     ray_num_cpus: int | None = None,
     console: Console | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    mlflow_backend_uri: str | None = None,
+    mlflow_artifacts: str | None = None,
+    prefect_database_url: str | None = None,
 ) -> Stack:
     """Find or start the services and return the running ``Stack`` (call ``.stop()``).
 
@@ -599,6 +747,8 @@ def start_stack(
         ray_num_cpus: CPUs for a local Ray head (None: all).
         console: rich console for progress and addresses.
         timeout_s: seconds to wait for each started service to become healthy.
+        mlflow_backend_uri, mlflow_artifacts, prefect_database_url: storage of the started
+            servers (see ``Stack``; default from the ``SKINADV_*`` environment variables).
 
     Returns:
         The started stack; also usable as a context manager.
@@ -611,6 +761,9 @@ def start_stack(
         ray_num_cpus=ray_num_cpus,
         console=console,
         timeout_s=timeout_s,
+        mlflow_backend_uri=mlflow_backend_uri,
+        mlflow_artifacts=mlflow_artifacts,
+        prefect_database_url=prefect_database_url,
     ).start()
 
 
@@ -783,14 +936,84 @@ def _strip_suffix(text: str, suffix: str) -> str:
     return text[: -len(suffix)] if text.endswith(suffix) else text
 
 
+_SECRET_QUERY_KEYS = ("password", "sslpassword", "passfile", "secret", "token")
+
+
 def _redact(url: str | None) -> str | None:
-    """The URL without user:password (safe to print)."""
+    """The URL without user:password or a password query parameter (safe to print)."""
     if not url:
         return url
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None and parts.username is None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is None and parts.username is None:
+            netloc = parts.netloc
+        else:
+            netloc = parts.hostname or ""
+            if parts.port:
+                netloc += f":{parts.port}"
+            netloc = f"***@{netloc}"
+    except ValueError:  # a malformed port: hide everything before the host
+        return url.split("://", 1)[0] + "://***" if "://" in url else "***"
+    query = parts.query
+    if query and any(k in query.lower() for k in _SECRET_QUERY_KEYS):
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        query = "&".join(
+            f"{k}=***" if any(s in k.lower() for s in _SECRET_QUERY_KEYS) else f"{k}={v}"
+            for k, v in pairs
+        )
+    if netloc == parts.netloc and query == parts.query:
         return url
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{netloc}"))
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _redact_args(args: list[str]) -> list[str]:
+    """A command line with every URL argument redacted (for logs)."""
+    return [str(_redact(a)) if "://" in a else a for a in args]
+
+
+def _has_password(uri: str) -> bool:
+    """True when a URI carries a password (in its netloc or as a query parameter)."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        if parts.password is not None:
+            return True
+    except ValueError:
+        return True  # unparsable: treat as secret
+    keys = [k.lower() for k, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
+    return any(s in k for k in keys for s in _SECRET_QUERY_KEYS)
+
+
+def _setting(value: str | None, name: str) -> str | None:
+    """A storage setting: the argument, else its SKINADV_* environment variable, else None."""
+    env_var = STORAGE_ENV_VARS[name]
+    if value is None:
+        value = os.environ.get(env_var)
+    value = (value or "").strip() or None
+    if value is None:
+        return None
+    if name == "mlflow_artifacts":
+        if "://" not in value:  # a local folder: absolute, the server runs in RUN/
+            return str(Path(value).expanduser().resolve())
+        return value
+    if "://" not in value:
+        shown = "***@" + value.rsplit("@", 1)[1] if "@" in value else value  # may hold a password
+        raise StackError(
+            f"{name} (${env_var}) must be a database URL such as "
+            f"postgresql://user@host:5432/db, got {shown!r}"
+        )
+    return value
+
+
+def _prefect_url(url: str | None) -> str | None:
+    """Prefect's database URL with its async driver (``postgresql://`` -> ``+asyncpg``)."""
+    if url is None:
+        return None
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            url = "postgresql+asyncpg://" + url[len(plain) :]
+    if not url.startswith(PREFECT_DRIVERS):
+        raise StackError(
+            f"prefect_database_url ($SKINADV_PREFECT_DATABASE_URL) must start with "
+            f"{' or '.join(PREFECT_DRIVERS)}, got {_redact(url)!r}"
+        )
+    return url

@@ -28,6 +28,8 @@ TAG_CELLS = "skinadv.cells"  # on the parent: JSON {cell name: child run id}
 TAG_PARENT = "mlflow.parentRunId"
 MODEL_NAME = "model"
 WEIGHTS_DIR = "weights"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def client():
@@ -43,7 +45,11 @@ def tracking_uri() -> str:
 
 
 def experiment_id(name: str) -> str:
-    """Get or create the experiment (safe when several processes race to create it)."""
+    """Get or create the experiment (safe when several processes race to create it).
+
+    New experiments are tagged as model-training ones, so MLflow 3's UI opens them on
+    their training runs rather than on its GenAI trace overview.
+    """
     c = client()
     for attempt in range(5):
         exp = c.get_experiment_by_name(name)
@@ -52,7 +58,7 @@ def experiment_id(name: str) -> str:
                 c.restore_experiment(exp.experiment_id)
             return exp.experiment_id
         try:
-            return c.create_experiment(name)
+            return c.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except Exception:  # created meanwhile by another process: read it back
             time.sleep(0.2 * (attempt + 1))
     raise RuntimeError(f"could not create or find MLflow experiment {name!r}")

@@ -36,3 +36,30 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test session caches resized images in its own folder, never in ~/.cache."""
     cache = tmp_path_factory.getbasetemp() / "skinadv-cache"
     monkeypatch.setenv("SKINADV_CACHE_DIR", str(cache))
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests leave files for people to look at (screenshots): ``$SKINADV_TEST_ARTIFACTS``
+    or ``test-artifacts/`` in the repository."""
+    path = Path(os.environ.get("SKINADV_TEST_ARTIFACTS") or REPO / "test-artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Playwright (no browser download)."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    exe = os.environ.get("SKINADV_CHROMIUM") or shutil.which("chromium")
+    if not exe:
+        pytest.fail("chromium not found: `apt-get install chromium` (or set SKINADV_CHROMIUM)")
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=exe, args=flags)
+        yield b
+        b.close()

@@ -171,7 +171,11 @@ def report(
     """Rebuild the tables and figures of the latest grid run from MLflow alone."""
     from skinadv.stack import Stack, StackError
 
-    if not os.environ.get("MLFLOW_TRACKING_URI") and not (run_dir / "mlflow.db").is_file():
+    if not (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or os.environ.get("SKINADV_MLFLOW_BACKEND_URI")
+        or (run_dir / "mlflow.db").is_file()
+    ):
         raise fail(
             f"no MLflow to read: set MLFLOW_TRACKING_URI or point --run-dir at a grid "
             f"run folder ({run_dir / 'mlflow.db'} does not exist)"

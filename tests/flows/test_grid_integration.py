@@ -210,3 +210,39 @@ def test_second_run_reuses_all_and_report_rebuilds(stack, first, grid_env, real_
     a = pd.read_csv(out / "grid_all_cells.csv")
     b = pd.read_csv(Path(first["out_dir"]) / "grid_all_cells.csv")
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_mlflow_ui_shows_the_13_child_runs_and_metrics(stack, first, browser, artifacts_dir):
+    """The MLflow experiment browser, in a real Chromium: the parent run with its 13 child
+    runs, and a cell's metrics. Screenshots land in the test artifacts folder."""
+    import mlflow
+
+    exp_id = mlflow.MlflowClient().get_experiment_by_name(EXPERIMENT).experiment_id
+    page = browser.new_page(viewport={"width": 1600, "height": 1100})
+    try:
+        page.goto(f"{stack.mlflow_tracking_uri}/#/experiments/{exp_id}/runs")
+        # parent + 13 children (the first invocation's; the rerun added a second parent)
+        page.get_by_text("matching runs").first.wait_for(timeout=60_000)
+        page.get_by_role("link", name=first_parent_name(first)).wait_for(timeout=60_000)
+        row = page.get_by_role("row").filter(has_text=first_parent_name(first))
+        row.get_by_role("button").first.click()  # expand the parent's children
+        child_names = [f"{c}-s0" for c in ["vanilla"] + [f"{m}@{f:g}" for m in
+                       ("fgsm", "pgd", "mix") for f in (0.2, 0.4, 0.6, 0.8)]]
+        for name in child_names:
+            page.get_by_role("link", name=name, exact=True).first.wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts_dir / "mlflow-experiment-runs.png"), full_page=True)
+        run = next(r for r in child_runs(first["parent_run_id"])
+                   if r.data.tags["skinadv.cell"] == "pgd@0.8")
+        page.goto(f"{stack.mlflow_tracking_uri}/#/experiments/{exp_id}/runs/{run.info.run_id}")
+        page.get_by_text("whitebox_pgd_accuracy").first.wait_for(timeout=60_000)
+        text = page.inner_text("body")
+        assert "transfer_fgsm_balanced_accuracy" in text and "pgd@0.8-s0" in text
+        page.screenshot(path=str(artifacts_dir / "mlflow-cell-run.png"), full_page=True)
+    finally:
+        page.close()
+
+
+def first_parent_name(first: dict) -> str:
+    import mlflow
+
+    return mlflow.MlflowClient().get_run(first["parent_run_id"]).info.run_name

@@ -296,7 +296,12 @@ def test_up_command_stops_what_it_started_on_sigterm(stack: Stack, tmp_path: Pat
     try:
         deadline = time.monotonic() + 300
         lines: list[str] = []
+        import select
+
         while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 5.0)
+            if not ready:
+                continue  # no output yet: check the deadline again
             line = proc.stdout.readline()
             if not line:
                 break
