@@ -14,7 +14,18 @@ from typing import Annotated
 
 import typer
 
-from skinadv.commands import console, fail
+from skinadv.commands import (
+    DataOpt,
+    ExperimentOpt,
+    ForceOpt,
+    FractionsOpt,
+    MethodsOpt,
+    PresetOpt,
+    SeedsOpt,
+    SetOpt,
+    console,
+    fail,
+)
 
 app = typer.Typer(pretty_exceptions_enable=False)
 
@@ -50,25 +61,14 @@ def _flush_prefect_logs() -> None:
 
 @app.command("grid")
 def grid(
-    data: Annotated[
-        str | None,
-        typer.Option(
-            "--data",
-            "-d",
-            help="Data SPEC (default: $SKINADV_DATA, $SKINADV_HAM10000, else synthetic).",
-        ),
-    ] = None,
-    preset: Annotated[str, typer.Option(help="Preset name (quick, paper) or YAML path.")] = "quick",
-    methods: Annotated[str | None, typer.Option(help="Comma list, e.g. fgsm,pgd,mix.")] = None,
-    fractions: Annotated[str | None, typer.Option(help="Comma list, e.g. 0.2,0.4.")] = None,
-    seeds: Annotated[str | None, typer.Option(help="Comma list of seeds.")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override, e.g. train.epochs=2 (repeatable).")
-    ] = None,
-    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "skinadv-grid",
-    force: Annotated[
-        bool, typer.Option(help="Retrain cells even if a finished run exists.")
-    ] = False,
+    data: DataOpt = None,
+    preset: PresetOpt = "quick",
+    methods: MethodsOpt = None,
+    fractions: FractionsOpt = None,
+    seeds: SeedsOpt = None,
+    set_: SetOpt = None,
+    experiment: ExperimentOpt = "skinadv-grid",
+    force: ForceOpt = False,
     run_dir: Annotated[
         Path,
         typer.Option(help="Folder for services, work files and report.", envvar="SKINADV_RUN_DIR"),

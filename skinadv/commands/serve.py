@@ -14,7 +14,18 @@ from typing import Annotated, Any
 
 import typer
 
-from skinadv.commands import console, fail
+from skinadv.commands import (
+    DataOpt,
+    ExperimentOpt,
+    ForceOpt,
+    FractionsOpt,
+    MethodsOpt,
+    PresetOpt,
+    SeedsOpt,
+    SetOpt,
+    console,
+    fail,
+)
 from skinadv.commands.grid import _split_list, default_data
 
 app = typer.Typer(pretty_exceptions_enable=False)
@@ -65,25 +76,14 @@ def serve(
         ),
     ] = None,
     name: Annotated[str, typer.Option(help="Deployment name (skinadv-grid/NAME).")] = "grid",
-    data: Annotated[
-        str | None,
-        typer.Option(
-            "--data",
-            "-d",
-            help="Data SPEC (default: $SKINADV_DATA, $SKINADV_HAM10000, else synthetic).",
-        ),
-    ] = None,
-    preset: Annotated[str, typer.Option(help="Preset name (quick, paper) or YAML path.")] = "quick",
-    methods: Annotated[str | None, typer.Option(help="Comma list, e.g. fgsm,pgd,mix.")] = None,
-    fractions: Annotated[str | None, typer.Option(help="Comma list, e.g. 0.2,0.4.")] = None,
-    seeds: Annotated[str | None, typer.Option(help="Comma list of seeds.")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override, e.g. train.epochs=2 (repeatable).")
-    ] = None,
-    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "skinadv-grid",
-    force: Annotated[
-        bool, typer.Option(help="Retrain cells even if a finished run exists.")
-    ] = False,
+    data: DataOpt = None,
+    preset: PresetOpt = "quick",
+    methods: MethodsOpt = None,
+    fractions: FractionsOpt = None,
+    seeds: SeedsOpt = None,
+    set_: SetOpt = None,
+    experiment: ExperimentOpt = "skinadv-grid",
+    force: ForceOpt = False,
     run_dir: Annotated[
         Path,
         typer.Option(
