@@ -80,7 +80,8 @@ def start_serve(run_dir: Path, env: dict, log: Path) -> subprocess.Popen:
 
 
 @pytest.mark.integration
-def test_serve_registers_schedule_runs_from_api_and_stops(stack, real_npz, tmp_path):
+def test_serve_registers_schedule_runs_from_api_and_stops(stack, real_npz, tmp_path, browser,
+                                                          artifacts_dir):
     import mlflow
 
     api = stack.prefect_api_url
@@ -143,6 +144,7 @@ def test_serve_registers_schedule_runs_from_api_and_stops(stack, real_npz, tmp_p
         assert {"train-vanilla", "train-cell", "evaluate"} <= {
             t["name"].rsplit("-", 1)[0] for t in tasks}
         assert (run_dir / "report" / EXPERIMENT / "report.html").is_file()
+        check_prefect_ui(stack, browser, artifacts_dir, dep, run)
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 0, _log_tail(log)
@@ -163,6 +165,39 @@ def test_serve_registers_schedule_runs_from_api_and_stops(stack, real_npz, tmp_p
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def check_prefect_ui(stack, browser, artifacts_dir: Path, dep: dict, run: dict) -> None:
+    """The Prefect UI, in a real Chromium, as a user finds the deployment and its run: the
+    deployment list with its cron schedule, the deployment page with the completed run and
+    the next scheduled one, and the run page with its task runs. Screenshots are saved."""
+    ui = stack.services["prefect"].ui_url
+    page = browser.new_page(viewport={"width": 1600, "height": 1100})
+    try:
+        page.goto(f"{ui}/deployments")
+        page.get_by_role("link", name=DEPLOYMENT, exact=True).first.wait_for(timeout=60_000)
+        page.get_by_text("At 03:00 AM every day").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(artifacts_dir / "prefect-deployments.png"), full_page=True)
+
+        page.get_by_role("link", name=DEPLOYMENT, exact=True).first.click()
+        page.wait_for_url(f"**/deployments/deployment/{dep['id']}**", timeout=30_000)
+        card = page.locator("div.flow-run-list-item").filter(
+            has=page.get_by_role("link", name=run["name"], exact=True)).first
+        card.wait_for(timeout=60_000)
+        assert "Completed" in card.inner_text(), card.inner_text()
+        page.get_by_text("auto-scheduled").first.wait_for(timeout=30_000)  # the next cron run
+        page.screenshot(path=str(artifacts_dir / "prefect-deployment.png"), full_page=True)
+
+        page.get_by_role("link", name=run["name"], exact=True).first.click()
+        page.wait_for_url(f"**/runs/flow-run/{run['id']}**", timeout=30_000)
+        page.get_by_text("Completed").first.wait_for(timeout=60_000)
+        page.get_by_text("Task Runs", exact=True).first.click()
+        page.get_by_text("train-cell", exact=False).first.wait_for(timeout=60_000)
+        text = page.inner_text("body")
+        assert run["name"] in text and DEPLOYMENT in text
+        page.screenshot(path=str(artifacts_dir / "prefect-flow-run.png"), full_page=True)
+    finally:
+        page.close()
 
 
 @pytest.mark.integration
