@@ -108,6 +108,41 @@ def _common_params(cfg: ExperimentConfig, data: dict[str, Any], seed: int, h: st
     }
 
 
+def _train_child_run(
+    cfg: ExperimentConfig,
+    train: Any,
+    *,
+    cell: str,
+    kind: str,
+    params: dict[str, Any],
+    seed: int,
+    config_hash: str,
+    experiment: str,
+    parent_run_id: str,
+    weights: Path,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """Train one model inside a nested MLflow run (left open until it is evaluated) and save
+    its weights; what the evaluate task needs comes back."""
+    with tracking.child_run(
+        experiment,
+        name=f"{cell}-s{seed}",
+        kind=kind,
+        params=params,
+        tags={tracking.TAG_HASH: config_hash, tracking.TAG_CELL: cell},
+        parent_run_id=parent_run_id,
+    ) as run_id:
+        result = exp.train_model(cfg, train, seed=seed, on_epoch=_log_training(run_id))
+        save_model(result.model, weights, {"seed": seed, "config_hash": config_hash, **meta})
+    return {
+        "run_id": run_id,
+        "weights": str(weights),
+        "cell": cell,
+        "seed": seed,
+        "train_seconds": result.seconds,
+    }
+
+
 @task(name="train-vanilla", retries=2, retry_delay_seconds=5)
 def train_vanilla(
     cfg: ExperimentConfig,
@@ -123,24 +158,11 @@ def train_vanilla(
     _use_assigned_threads()
     train, _ = _load_split(data)
     params = {**_common_params(cfg, data, seed, config_hash), "method": "none", "fraction": 0.0}
-    with tracking.child_run(
-        experiment,
-        name=f"vanilla-s{seed}",
-        kind="vanilla",
-        params=params,
-        tags={tracking.TAG_HASH: config_hash, tracking.TAG_CELL: "vanilla"},
-        parent_run_id=parent_run_id,
-    ) as run_id:
-        result = exp.train_model(cfg, train, seed=seed, on_epoch=_log_training(run_id))
-        weights = Path(workdir) / "models" / f"vanilla-{config_hash}.pt"
-        save_model(result.model, weights, {"seed": seed, "config_hash": config_hash})
-    return {
-        "run_id": run_id,
-        "weights": str(weights),
-        "cell": "vanilla",
-        "seed": seed,
-        "train_seconds": result.seconds,
-    }
+    return _train_child_run(
+        cfg, train, cell="vanilla", kind="vanilla", params=params, seed=seed,
+        config_hash=config_hash, experiment=experiment, parent_run_id=parent_run_id,
+        weights=Path(workdir) / "models" / f"vanilla-{config_hash}.pt", meta={},
+    )
 
 
 @task(name="fetch-model", retries=2, retry_delay_seconds=5)
@@ -234,28 +256,12 @@ def train_cell(
         "vanilla_run_id": vanilla["run_id"],
         "pool_fraction": pool.fraction,
     }
-    with tracking.child_run(
-        experiment,
-        name=f"{name}-s{seed}",
-        kind="cell",
-        params=params,
-        tags={tracking.TAG_HASH: config_hash, tracking.TAG_CELL: name},
-        parent_run_id=parent_run_id,
-    ) as run_id:
-        result = exp.train_model(cfg, (xa, ya), seed=seed, on_epoch=_log_training(run_id))
-        weights = Path(workdir) / "models" / f"cell-{config_hash}.pt"
-        save_model(
-            result.model,
-            weights,
-            {"seed": seed, "config_hash": config_hash, "method": method, "fraction": fraction},
-        )
-    return {
-        "run_id": run_id,
-        "weights": str(weights),
-        "cell": name,
-        "seed": seed,
-        "train_seconds": result.seconds,
-    }
+    return _train_child_run(
+        cfg, (xa, ya), cell=name, kind="cell", params=params, seed=seed,
+        config_hash=config_hash, experiment=experiment, parent_run_id=parent_run_id,
+        weights=Path(workdir) / "models" / f"cell-{config_hash}.pt",
+        meta={"method": method, "fraction": fraction},
+    )
 
 
 @task(name="evaluate", retries=2, retry_delay_seconds=5)
