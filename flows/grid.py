@@ -18,9 +18,9 @@ from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
-from rich.console import Console
 
 from skinadv import experiment as exp
+from skinadv.commands import console
 from skinadv import tracking
 from skinadv.config import ExperimentConfig, describe_error, grid_config
 from skinadv.report import records_table
@@ -35,7 +35,6 @@ from tasks.grid import (
     train_vanilla,
 )
 
-console = Console(stderr=True)
 POOL_COST_ORDER = ("pgd", "mix", "fgsm")
 
 

@@ -464,7 +464,8 @@ def records_table(records: Sequence[Mapping]):
         "PGD wb bal",
         "mel recall",
     ):
-        table.add_column(col, justify="right")
+        # the cell name is never cut: a reader must know which row is which
+        table.add_column(col, justify="right", no_wrap=col == "cell")
 
     def pct(r: Mapping, key: str) -> str:
         return f"{100 * r[key]:.1f}" if r.get(key) is not None else "-"

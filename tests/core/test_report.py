@@ -10,6 +10,7 @@ from skinadv.report import (
     build_report,
     flatten_metrics,
     records_frame,
+    records_table,
     save_report,
     table2,
 )
@@ -113,3 +114,22 @@ def test_examples_figure_and_empty_input():
     assert "adversarial_examples" in rep.figures
     with pytest.raises(ValueError, match="no results"):
         records_frame([])
+
+
+def test_terminal_table_keeps_cell_names_at_80_columns():
+    """The console table of the grid: every row's cell name whole even on a narrow terminal,
+    in method then fraction order, with the records' numbers in percent."""
+    from rich.console import Console
+
+    recs = grid_records()
+    recs[0]["cell"] = "vanilla"
+    console = Console(width=80, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(records_table(recs))
+    lines = console.export_text().splitlines()
+    rows = [ln.split("│")[1].strip() for ln in lines if ln.startswith("│")]
+    assert rows == ["vanilla"] + [f"{m}@{f}" for m in ("fgsm", "pgd", "mix")
+                                  for f in (0.2, 0.4, 0.6, 0.8)]
+    pgd04 = next(ln for ln in lines if "│ pgd@0.4 " in ln or "│  pgd@0.4 " in ln)
+    clean = next(r for r in recs if r["cell"] == "pgd@0.4")["clean_accuracy"]
+    assert f"{100 * clean:.1f}" in pgd04
+    assert max(len(ln) for ln in lines) <= 80
