@@ -174,4 +174,9 @@ def serve(
         raise fail(str(exc), 1) from None
     except KeyboardInterrupt:
         pass  # the with block has stopped the services already
+    except SystemExit as exc:
+        # Prefect's runner answers a SIGTERM that comes before it has started with
+        # sys.exit(0): the same clean stop as Ctrl-C, not a failure
+        if exc.code not in (0, None):
+            raise
     console.print("stopped serving")

@@ -167,6 +167,38 @@ def test_serve_registers_schedule_runs_from_api_and_stops(stack, real_npz, tmp_p
             proc.wait()
 
 
+@pytest.mark.integration
+def test_sigterm_before_the_runner_starts_is_a_clean_stop(stack, monkeypatch, tmp_path):
+    """Prefect's runner answers a SIGTERM that lands before it has started with
+    ``sys.exit(0)`` (its real handler is called here, at that moment): serve still says it
+    stopped, exits 0, and the deployment it registered stays on the server."""
+    from prefect.runner import Runner
+    from typer.testing import CliRunner
+
+    import flows.deployments
+    from skinadv.cli import app
+
+    for var, value in (("MLFLOW_TRACKING_URI", stack.mlflow_tracking_uri),
+                       ("PREFECT_API_URL", stack.prefect_api_url),
+                       ("RAY_ADDRESS", stack.ray_address)):
+        monkeypatch.setenv(var, value)
+    called = []
+
+    def sigterm_too_early(deployment, **kwargs):
+        called.append(deployment.name)
+        Runner().handle_sigterm()  # not started: Prefect's handler calls sys.exit(0)
+
+    monkeypatch.setattr(flows.deployments, "serve_grid", sigterm_too_early)
+    res = CliRunner().invoke(app, ["serve", "--name", "it-early-stop", "--data", "synthetic:100",
+                                   "--run-dir", str(tmp_path / "run")])
+    assert called == ["it-early-stop"]
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "stopped serving" in res.stderr
+    deps = httpx.post(f"{stack.prefect_api_url}/deployments/filter", json={
+        "deployments": {"name": {"any_": ["it-early-stop"]}}}).json()
+    assert len(deps) == 1
+
+
 def check_prefect_ui(stack, browser, artifacts_dir: Path, dep: dict, run: dict) -> None:
     """The Prefect UI, in a real Chromium, as a user finds the deployment and its run: the
     deployment list with its cron schedule, the deployment page with the completed run and
