@@ -4,6 +4,7 @@ Bad parameters stop it before any service starts."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -189,9 +190,13 @@ def test_sigterm_before_the_runner_starts_is_a_clean_stop(stack, monkeypatch, tm
         Runner().handle_sigterm()  # not started: Prefect's handler calls sys.exit(0)
 
     monkeypatch.setattr(flows.deployments, "serve_grid", sigterm_too_early)
-    res = CliRunner().invoke(app, ["serve", "--name", "it-early-stop", "--data", "synthetic:100",
-                                   "--run-dir", str(tmp_path / "run")])
-    assert called == ["it-early-stop"]
+    args = ["serve", "--name", "it-early-stop", "--data", "synthetic:100",
+            "--run-dir", str(tmp_path / "run")]
+    # in a thread of its own, as in a fresh CLI process: the session's Playwright browser
+    # keeps an event loop running on this one, which would turn Prefect's sync calls async
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        res = pool.submit(CliRunner().invoke, app, args).result(timeout=300)
+    assert called == ["it-early-stop"], (res.output, repr(res.exception))
     assert res.exit_code == 0, (res.output, res.exception)
     assert "stopped serving" in res.stderr
     deps = httpx.post(f"{stack.prefect_api_url}/deployments/filter", json={
