@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import textwrap
 import time
 import urllib.request
@@ -293,29 +295,40 @@ def test_up_command_stops_what_it_started_on_sigterm(stack: Stack, tmp_path: Pat
         stderr=subprocess.STDOUT,
         text=True,
     )
+    # a reader thread, not select() on the pipe: select can't see lines already sitting in
+    # the text wrapper's buffer and would wait for output that has arrived
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for ln in proc.stdout:
+            lines.put(ln)
+        lines.put(None)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 300
-        lines: list[str] = []
-        import select
-
+        seen: list[str] = []
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stdout], [], [], 5.0)
-            if not ready:
-                continue  # no output yet: check the deadline again
-            line = proc.stdout.readline()
-            if not line:
+            try:
+                line = lines.get(timeout=5.0)
+            except queue.Empty:
+                continue
+            if line is None:
                 break
-            lines.append(line)
+            seen.append(line)
             if "press Ctrl-C to stop" in line:
                 break
-        output = "".join(lines)
+        output = "".join(seen)
         assert "press Ctrl-C to stop" in output, output
         uri = output.split("MLFLOW_TRACKING_URI=", 1)[1].split()[0]
         assert _get(uri + "/health")[0] == 200
         assert f"PREFECT_API_URL={stack.prefect_api_url}" in output
         assert "RAY_ADDRESS" not in output
         proc.terminate()  # SIGTERM, as a service manager would send
-        rest, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(timeout=30)
+        rest = "".join(iter(lines.get_nowait, None))
     finally:
         if proc.poll() is None:
             proc.kill()
