@@ -63,3 +63,26 @@ def browser():
         b = pw.chromium.launch(executable_path=exe, args=flags)
         yield b
         b.close()
+
+
+def _prefect_api(method: str, url: str, json: dict | None = None):
+    """One Prefect REST call, the JSON answer back. Retried on 503/429 as Prefect's own client
+    does: its SQLite server answers 503 while another writer (a serving runner) holds the
+    database, and clients are meant to retry."""
+    import time
+
+    import httpx
+
+    for attempt in range(7):
+        resp = httpx.request(method, url, json=json, timeout=60)
+        if resp.status_code not in (429, 503) or attempt == 6:
+            resp.raise_for_status()
+            return resp.json()
+        time.sleep(min(0.5 * 2**attempt, 8.0))
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """``prefect_api(method, url, json=None)``: a Prefect REST call with the client's retries."""
+    return _prefect_api

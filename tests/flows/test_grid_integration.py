@@ -164,16 +164,11 @@ def test_gathered_tables_equal_run_metrics(stack, first):
     assert "report/report.html" in arts and "report/grid_all_cells.csv" in arts
 
 
-def test_flow_runs_recorded_in_prefect(stack, first):
-    import httpx
-
-    resp = httpx.post(
-        f"{stack.prefect_api_url}/flow_runs/filter",
-        json={"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}},
-    )
-    resp.raise_for_status()
-    assert len(resp.json()) >= 1
-    tasks = httpx.post(f"{stack.prefect_api_url}/task_runs/filter", json={}).json()
+def test_flow_runs_recorded_in_prefect(stack, first, prefect_api):
+    runs = prefect_api("POST", f"{stack.prefect_api_url}/flow_runs/filter",
+                       {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}})
+    assert len(runs) >= 1
+    tasks = prefect_api("POST", f"{stack.prefect_api_url}/task_runs/filter", {})
     names = {t["name"].rsplit("-", 1)[0] for t in tasks}
     assert {"train-cell", "evaluate", "craft-pool", "train-vanilla", "gather"} <= names
 

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 TINY = ["data.subset=400", "train.epochs=1", "attack.pgd.steps=3", "model.width=8"]
@@ -82,7 +81,7 @@ def start_serve(run_dir: Path, env: dict, log: Path) -> subprocess.Popen:
 
 @pytest.mark.integration
 def test_serve_registers_schedule_runs_from_api_and_stops(stack, real_npz, tmp_path, browser,
-                                                          artifacts_dir):
+                                                          artifacts_dir, prefect_api):
     import mlflow
 
     api = stack.prefect_api_url
@@ -96,10 +95,9 @@ def test_serve_registers_schedule_runs_from_api_and_stops(stack, real_npz, tmp_p
     try:
         def deployment():
             assert proc.poll() is None, f"serve exited early:\n{_log_tail(log)}"
-            resp = httpx.post(f"{api}/deployments/filter",
-                              json={"deployments": {"name": {"any_": [DEPLOYMENT]}}})
-            resp.raise_for_status()
-            return resp.json()[0] if resp.json() else None
+            found = prefect_api("POST", f"{api}/deployments/filter",
+                                {"deployments": {"name": {"any_": [DEPLOYMENT]}}})
+            return found[0] if found else None
 
         dep = _wait("the deployment to be registered", deployment, 180, log)
         assert [s["schedule"].get("cron") for s in dep["schedules"]] == [CRON]
@@ -111,13 +109,11 @@ def test_serve_registers_schedule_runs_from_api_and_stops(stack, real_npz, tmp_p
 
         params = {"data": str(real_npz), "overrides": TINY, "methods": ["fgsm"],
                   "fractions": [0.2], "experiment": EXPERIMENT}
-        resp = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run",
-                          json={"parameters": params})
-        resp.raise_for_status()
-        flow_run_id = resp.json()["id"]
+        flow_run_id = prefect_api("POST", f"{api}/deployments/{dep['id']}/create_flow_run",
+                                  {"parameters": params})["id"]
 
         def finished():
-            run = httpx.get(f"{api}/flow_runs/{flow_run_id}").json()
+            run = prefect_api("GET", f"{api}/flow_runs/{flow_run_id}")
             return run if run["state"]["type"] in TERMINAL else None
 
         run = _wait("the flow run to finish", finished, 600, log, interval=5)
@@ -140,8 +136,8 @@ def test_serve_registers_schedule_runs_from_api_and_stops(stack, real_npz, tmp_p
         assert all(r.info.status == "FINISHED" for r in children)
         assert {r.data.params["data_kind"] for r in children} == {"npz"}
         # the cells ran on the stack's Ray: the tasks reported to the same Prefect server
-        tasks = httpx.post(f"{api}/task_runs/filter", json={
-            "flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
+        tasks = prefect_api("POST", f"{api}/task_runs/filter", {
+            "flow_runs": {"id": {"any_": [flow_run_id]}}})
         assert {"train-vanilla", "train-cell", "evaluate"} <= {
             t["name"].rsplit("-", 1)[0] for t in tasks}
         assert (run_dir / "report" / EXPERIMENT / "report.html").is_file()
@@ -151,12 +147,12 @@ def test_serve_registers_schedule_runs_from_api_and_stops(stack, real_npz, tmp_p
         assert proc.wait(timeout=120) == 0, _log_tail(log)
         assert "stopped serving" in log.read_text()
         # the runner paused the deployment on its way out (no reruns with nobody serving)
-        assert httpx.get(f"{api}/deployments/{dep['id']}").json()["paused"] is True
+        assert prefect_api("GET", f"{api}/deployments/{dep['id']}")["paused"] is True
 
         # serving again unpauses the same deployment; SIGTERM stops it cleanly too
         proc = start_serve(run_dir, env, log2)
-        _wait("the deployment to be unpaused", lambda: httpx.get(
-            f"{api}/deployments/{dep['id']}").json()["paused"] is False and
+        _wait("the deployment to be unpaused", lambda: prefect_api(
+            "GET", f"{api}/deployments/{dep['id']}")["paused"] is False and
             "serving;" in log2.read_text(), 180, log2)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0, _log_tail(log2)
@@ -169,7 +165,8 @@ def test_serve_registers_schedule_runs_from_api_and_stops(stack, real_npz, tmp_p
 
 
 @pytest.mark.integration
-def test_sigterm_before_the_runner_starts_is_a_clean_stop(stack, monkeypatch, tmp_path):
+def test_sigterm_before_the_runner_starts_is_a_clean_stop(stack, monkeypatch, tmp_path,
+                                                          prefect_api):
     """Prefect's runner answers a SIGTERM that lands before it has started with
     ``sys.exit(0)`` (its real handler is called here, at that moment): serve still says it
     stopped, exits 0, and the deployment it registered stays on the server."""
@@ -199,8 +196,8 @@ def test_sigterm_before_the_runner_starts_is_a_clean_stop(stack, monkeypatch, tm
     assert called == ["it-early-stop"], (res.output, repr(res.exception))
     assert res.exit_code == 0, (res.output, res.exception)
     assert "stopped serving" in res.stderr
-    deps = httpx.post(f"{stack.prefect_api_url}/deployments/filter", json={
-        "deployments": {"name": {"any_": ["it-early-stop"]}}}).json()
+    deps = prefect_api("POST", f"{stack.prefect_api_url}/deployments/filter", {
+        "deployments": {"name": {"any_": ["it-early-stop"]}}})
     assert len(deps) == 1
 
 
@@ -238,7 +235,8 @@ def check_prefect_ui(stack, browser, artifacts_dir: Path, dep: dict, run: dict) 
 
 
 @pytest.mark.integration
-def test_prefect_yaml_deploys_and_a_process_worker_runs_it(stack, real_npz, tmp_path):
+def test_prefect_yaml_deploys_and_a_process_worker_runs_it(stack, real_npz, tmp_path,
+                                                           prefect_api):
     """infra/prefect.yaml through `prefect deploy` and a `process` worker, on the stack."""
     import mlflow
 
@@ -257,8 +255,8 @@ def test_prefect_yaml_deploys_and_a_process_worker_runs_it(stack, real_npz, tmp_
 
     run("work-pool", "create", "skinadv-process", "--type", "process")
     run("--no-prompt", "deploy", "--prefect-file", "infra/prefect.yaml", "--name", "grid")
-    (dep,) = httpx.post(f"{api}/deployments/filter", json={
-        "deployments": {"name": {"any_": ["grid"]}}}).json()
+    (dep,) = prefect_api("POST", f"{api}/deployments/filter", {
+        "deployments": {"name": {"any_": ["grid"]}}})
     assert dep["entrypoint"] == "flows/deployments.py:ray_grid_flow"
     assert dep["work_pool_name"] == "skinadv-process"
     assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 3 * * *"]
@@ -270,14 +268,12 @@ def test_prefect_yaml_deploys_and_a_process_worker_runs_it(stack, real_npz, tmp_
 
     params = {"data": str(real_npz), "overrides": TINY, "methods": ["fgsm"],
               "fractions": [0.2], "experiment": "it-pool", "workdir": str(tmp_path / "work")}
-    resp = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run",
-                      json={"parameters": params})
-    resp.raise_for_status()
-    flow_run_id = resp.json()["id"]
+    flow_run_id = prefect_api("POST", f"{api}/deployments/{dep['id']}/create_flow_run",
+                              {"parameters": params})["id"]
     # one poll: picks up the run and waits for it (--limit makes --run-once wait)
     worker = run("worker", "start", "--pool", "skinadv-process", "--run-once", "--limit", "1",
                  timeout=600)
-    state = httpx.get(f"{api}/flow_runs/{flow_run_id}").json()["state"]["type"]
+    state = prefect_api("GET", f"{api}/flow_runs/{flow_run_id}")["state"]["type"]
     assert state == "COMPLETED", worker.stdout[-6000:] + worker.stderr[-6000:]
     client = mlflow.MlflowClient(stack.mlflow_tracking_uri)
     exp = client.get_experiment_by_name("it-pool")
