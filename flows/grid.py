@@ -20,8 +20,8 @@ from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
 from skinadv import experiment as exp
-from skinadv.commands import console
 from skinadv import tracking
+from skinadv.commands import console
 from skinadv.config import ExperimentConfig, describe_error, grid_config
 from skinadv.report import records_table
 from tasks.grid import (

@@ -14,8 +14,8 @@ import queue
 import socket
 import subprocess
 import sys
-import threading
 import textwrap
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -330,8 +330,12 @@ def test_up_command_stops_what_it_started_on_sigterm(stack: Stack, tmp_path: Pat
         reader.join(timeout=30)
         rest = "".join(iter(lines.get_nowait, None))
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # a failed check above: SIGTERM first, so the MLflow it
+            proc.terminate()     # started is stopped too (SIGKILL would leave it running)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     assert proc.returncode == 0, output + rest
     assert "services stopped" in rest
     assert not _port_open(int(uri.rsplit(":", 1)[1]))
