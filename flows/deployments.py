@@ -12,13 +12,11 @@ Import this module only after ``PREFECT_API_URL`` is in the environment, like fl
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import Flow, serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.types.entrypoint import EntrypointType
 
-from flows.grid import grid_flow, make_task_runner
+from flows.grid import GridParams, grid_flow, make_task_runner
 
 DEPLOYMENT_NAME = "grid"
 TAGS = ["skinadv", "grid"]
@@ -35,13 +33,13 @@ def served_flow(ray_address: str | None = None, env: dict[str, str] | None = Non
         ray_address: Ray GCS address (``host:port``) or ``ray://`` client address; None
             reads ``RAY_ADDRESS`` (unset: a local Ray).
         env: environment variables for every Ray worker, added to the non-secret ones of
-            this process (``skinadv.tracking.env_for_workers``).
+            this process (``skinadv.stack.worker_env``).
     """
     return grid_flow.with_options(task_runner=make_task_runner(ray_address, env))
 
 
 def grid_deployment(
-    parameters: dict[str, Any],
+    params: GridParams,
     *,
     name: str = DEPLOYMENT_NAME,
     cron: str | None = None,
@@ -51,9 +49,10 @@ def grid_deployment(
     """The grid as a deployment to serve: default parameters and an optional cron schedule.
 
     Args:
-        parameters: default parameters of ``grid_flow`` (preset, data, methods, fractions,
-            seeds, overrides, experiment, force, workdir, out_dir); a run started from the
-            API or UI overrides any of them.
+        params: the default ``GridParams`` of its runs (preset, data, methods, fractions,
+            seeds, overrides, experiment, force, workdir, out_dir). The Prefect UI's run form
+            starts from them; a run started from the API passes a whole ``params`` object,
+            which replaces them (Prefect merges parameters one level deep).
         name: deployment name; the full name is ``skinadv-grid/<name>``.
         cron: cron expression (UTC) for scheduled reruns; None: runs only when triggered.
         ray_address, env: the Ray runner's address and worker environment (see served_flow).
@@ -64,7 +63,7 @@ def grid_deployment(
     deployment = served_flow(ray_address, env).to_deployment(
         name=name,
         cron=cron,
-        parameters=parameters,
+        parameters={"params": params.model_dump(mode="json")},
         tags=TAGS,
         description="skinadv methods x fractions grid on Ray, tracked in MLflow",
         entrypoint_type=EntrypointType.MODULE_PATH,

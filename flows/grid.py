@@ -1,6 +1,6 @@
-"""The grid flow: prepare data -> vanilla -> transfer sets -> pools -> 12 cells on Ray ->
-both protocols -> gather. Flows only orchestrate; the science is in skinadv, the MLflow
-logging in tasks/.
+"""The grid flow, as the paper's method: prepare the data, train the vanilla model, craft one
+adversarial pool per method from it, train and score every (method, fraction) cell, gather
+the report. The science is in skinadv; reuse, MLflow runs and logging are in tasks/.
 
 Import this module only after ``PREFECT_API_URL`` is in the environment (skinadv.stack
 does that): Prefect reads its settings at import.
@@ -11,35 +11,166 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from prefect import flow, get_run_logger
-from prefect.futures import PrefectFuture
+from prefect import flow, runtime
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.futures import PrefectFuture, wait
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from skinadv import experiment as exp
 from skinadv import tracking
-from skinadv.commands import console
-from skinadv.config import ExperimentConfig, describe_error, grid_config
-from skinadv.report import records_table
-from tasks.grid import (
-    craft_pool,
-    craft_transfer,
-    evaluate_model,
-    fetch_weights,
-    gather,
-    prepare_data_task,
-    train_cell,
-    train_vanilla,
-)
+from skinadv.config import ExperimentConfig, grid_config
+from skinadv.evaluation.checks import Check
+from skinadv.results import ModelResult
+from skinadv.stack import worker_env
+from tasks.grid import craft_pool, gather, model_label, prepare_data, train_cell, train_vanilla
+from tasks.refs import GridRun, TrainedModel
 
-POOL_COST_ORDER = ("pgd", "mix", "fgsm")
+POOL_COST_ORDER = ("pgd", "mix", "fgsm")  # the costliest pool first: it is the critical path
 
 
-def ray_resources() -> dict[str, float]:
-    """Per-cell Ray resources: 1 CPU (torch threads match), plus a GPU share when the Ray
+class GridParams(BaseModel):
+    """A grid run's parameters (the Prefect UI shows and validates them as a form)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field("quick", description="Preset name (quick, paper) or a YAML path.")
+    data: str | None = Field(None, description="Data SPEC; default: the preset's.")
+    methods: list[Literal["fgsm", "pgd", "mix"]] | None = Field(None, description="Default: all.")
+    fractions: list[float] | None = Field(None, description="Shares of the training set.")
+    seeds: list[int] | None = Field(None, description="Training seeds; default: the preset's.")
+    overrides: list[str] = Field(default_factory=list, description="e.g. train.epochs=2")
+    experiment: str = Field("skinadv-grid", description="MLflow experiment name.")
+    force: bool = Field(False, description="Retrain even where a finished run exists.")
+    workdir: str = Field("runs/grid/work", description="Folder for intermediate files.")
+    out_dir: str | None = Field(None, description="Report folder (default beside workdir).")
+
+    @model_validator(mode="after")
+    def _valid_config(self) -> GridParams:
+        self.config()  # a bad preset, axis or override fails here, before anything runs
+        return self
+
+    def config(self) -> ExperimentConfig:
+        return grid_config(
+            self.preset,
+            data=self.data,
+            methods=self.methods,
+            fractions=self.fractions,
+            seeds=self.seeds,
+            overrides=self.overrides,
+        )
+
+
+@dataclass(frozen=True)
+class GridOutcome:
+    """What a grid run returns: every model's result and where the report is."""
+
+    parent_run_id: str
+    out_dir: str
+    results: list[ModelResult]
+    trained: list[str]
+    reused: list[str]
+    checks: list[Check] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+class GridFailed(RuntimeError):
+    """Some models of the grid failed; the others' runs are finished and will be reused."""
+
+
+@flow(name="skinadv-grid")
+def grid_flow(params: GridParams = GridParams()) -> GridOutcome:  # noqa: B008
+    """Train and score the methods x fractions grid; reuse finished models unless ``force``."""
+    cfg = params.config()
+    with grid_run(params, cfg) as grid:  # the grid's MLflow parent run, owned here
+        data = prepare_data.submit(cfg, grid)
+        models: dict[str, PrefectFuture] = {}
+        with remote_options(**cell_resources()):
+            for seed in cfg.seeds:
+                vanilla = train_vanilla.submit(cfg, data, seed=seed, grid=grid)
+                pools = {
+                    m: craft_pool.submit(cfg, data, vanilla, method=m, seed=seed, grid=grid)
+                    for m in sorted(cfg.methods, key=POOL_COST_ORDER.index)
+                }
+                models[model_label(None, None, seed)] = vanilla
+                for m, f in itertools.product(cfg.methods, cfg.fractions):
+                    models[model_label(m, f, seed)] = train_cell.submit(
+                        cfg, data, vanilla, pools[m], method=m, fraction=f, seed=seed, grid=grid
+                    )
+        done, failed = settle(models)
+        context = _context(cfg, params, data.result(), grid)
+        checks, files = gather.submit(cfg, data, done, grid=grid, context=context).result()
+        publish(done, files, grid)
+        if failed:
+            raise GridFailed(
+                f"{len(failed)} model(s) failed: {', '.join(failed)}; rerun to retry them "
+                "(finished models are reused)"
+            )
+    return GridOutcome(
+        grid.parent_run_id,
+        grid.out_dir,
+        [m.result for m in done],
+        trained=[m.label for m in done if not m.reused],
+        reused=[m.label for m in done if m.reused],
+        checks=checks,
+        files=files,
+    )
+
+
+@contextmanager
+def grid_run(params: GridParams, cfg: ExperimentConfig) -> Iterator[GridRun]:
+    """The grid's MLflow parent run, from start to end (FAILED if the grid fails, KILLED on
+    Ctrl-C); no child run of it is left RUNNING when it ends."""
+    workdir = Path(params.workdir).resolve()
+    out_dir = Path(params.out_dir or workdir.parent / "report" / params.experiment).resolve()
+    with tracking.owned_run(
+        params.experiment,
+        name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
+        kind="parent",
+        params=_parent_params(cfg, params),
+        tags={tracking.TAG_FLOW_RUN: str(runtime.flow_run.id)},
+    ) as parent:
+        try:
+            yield GridRun(params.experiment, parent, str(workdir), str(out_dir), params.force)
+        finally:
+            tracking.kill_unfinished(params.experiment, parent, reason="the grid ended first")
+
+
+def settle(futures: dict[str, PrefectFuture]) -> tuple[list[TrainedModel], list[str]]:
+    """Wait for every model; (the finished ones, the labels of those that failed)."""
+    wait(list(futures.values()))
+    done = [f.result() for f in futures.values() if f.state.is_completed()]
+    failed = [label for label, f in futures.items() if not f.state.is_completed()]
+    return done, failed
+
+
+def publish(models: list[TrainedModel], files: dict[str, str], grid: GridRun) -> None:
+    """The outcome in the Prefect UI: the report's Markdown and a link to the MLflow run."""
+    md = Path(files["markdown"]).read_text() if "markdown" in files else ""
+    rows = "\n".join(
+        f"| {m.label} | {'reused' if m.reused else 'trained'} | {m.result.run_id} |" for m in models
+    )
+    create_markdown_artifact(
+        markdown=f"{md}\n\n### Models\n\n| model | | MLflow run |\n|---|---|---|\n{rows}\n",
+        key="skinadv-grid-report",
+        description="skinadv grid: result tables and sanity checks",
+    )
+    create_link_artifact(
+        link=tracking.run_url(grid.parent_run_id),
+        link_text="MLflow parent run",
+        key="skinadv-grid-mlflow",
+    )
+
+
+def cell_resources() -> dict[str, float]:
+    """Per-task Ray resources: 1 CPU (torch threads match), plus a GPU share when the Ray
     cluster has GPUs (a CPU head with GPU workers counts) or CUDA is visible here.
 
     ``SKINADV_GPU_PER_CELL`` sets the share (default 0.25: four cells per GPU).
@@ -61,254 +192,42 @@ def ray_resources() -> dict[str, float]:
     return {"num_cpus": 1}
 
 
-class Progress:
-    """Which cells are queued, training, evaluating, done, reused or failed."""
-
-    def __init__(self, labels: list[str]) -> None:
-        self.status = {label: "queued" for label in labels}
-        self.futures: dict[str, list[tuple[str, PrefectFuture]]] = {}
-        self.started = time.perf_counter()
-
-    def track(self, label: str, stage: str, future: PrefectFuture) -> None:
-        self.futures.setdefault(label, []).append((stage, future))
-
-    def set(self, label: str, status: str) -> None:
-        if self.status.get(label) != status:
-            self.status[label] = status
-            counts = {
-                s: sum(v == s for v in self.status.values()) for s in ("done", "reused", "failed")
-            }
-            console.print(
-                f"[dim]{time.perf_counter() - self.started:6.0f}s[/] "
-                f"{label:<12} {status:<10} "
-                f"[dim]({counts['done']} done, {counts['reused']} reused, "
-                f"{counts['failed']} failed of {len(self.status)})[/]"
-            )
-
-    def poll(self) -> None:
-        for label, stages in self.futures.items():
-            if self.status[label] in ("done", "failed", "reused"):
-                continue
-            status = self.status[label]
-            for stage, fut in stages:
-                fut.wait(timeout=0)
-                state = fut.state
-                if state.is_failed() or state.is_crashed():
-                    status = "failed"
-                    break
-                if state.is_completed():
-                    status = "done" if stage == "evaluating" else status
-                    continue
-                if state.is_running():
-                    status = stage
-                break
-            self.set(label, status)
-
-    def wait_all(self, interval: float = 2.0) -> None:
-        while any(s not in ("done", "failed", "reused") for s in self.status.values()):
-            self.poll()
-            time.sleep(interval)
-
-
-@flow(name="skinadv-grid", log_prints=True)
-def grid_flow(
-    preset: str = "quick",
-    data: str | None = None,
-    methods: list[str] | None = None,
-    fractions: list[float] | None = None,
-    seeds: list[int] | None = None,
-    overrides: list[str] | None = None,
-    experiment: str = "skinadv-grid",
-    force: bool = False,
-    workdir: str = "skinadv-runs/work",
-    out_dir: str | None = None,
-) -> dict[str, Any]:
-    """Train and score the methods x fractions grid; reuse finished cells unless ``force``."""
-    logger = get_run_logger()
-    cfg = grid_config(
-        preset, data=data, methods=methods, fractions=fractions, seeds=seeds, overrides=overrides
-    )
-    workdir = str(Path(workdir).resolve())
-    out_dir = str(Path(out_dir or Path(workdir).parent / "report" / experiment).resolve())
-    parent = tracking.start_run(
-        experiment,
-        name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
-        kind="parent",
-        params={
-            "preset": cfg.name,
-            "data": cfg.data.spec,
-            "methods": cfg.methods,
-            "fractions": cfg.fractions,
-            "seeds": cfg.seeds,
-            "force": force,
-            "config_hash": exp.config_hash(cfg),
-            "code_version": exp.__version__,
-        },
-    )
-    logger.info("MLflow experiment %r, parent run %s", experiment, parent)
-    try:
-        result = _run_grid(
-            cfg, experiment=experiment, parent=parent, force=force, workdir=workdir, out_dir=out_dir
-        )
-    except BaseException as exc:
-        tracking.fail_run(parent, f"{type(exc).__name__}: {describe_error(exc)}")
-        raise
-    failed = result["failed"]
-    if failed:
-        tracking.fail_run(parent, f"cells failed: {', '.join(failed)}")
-        raise RuntimeError(
-            f"{len(failed)} cell(s) failed: {', '.join(failed)}; rerun to retry "
-            "them (finished cells are reused)"
-        )
-    tracking.finish_run(parent)
-    return result
-
-
-def _run_grid(
-    cfg: ExperimentConfig, *, experiment: str, parent: str, force: bool, workdir: str, out_dir: str
-) -> dict[str, Any]:
-    data = prepare_data_task(cfg, workdir)
-    resources = ray_resources()
-    common = {"experiment": experiment, "parent_run_id": parent, "workdir": workdir}
-    max_fraction = max(cfg.fractions)
-    labels = [f"vanilla-s{s}" if len(cfg.seeds) > 1 else "vanilla" for s in cfg.seeds]
-    cells = list(itertools.product(cfg.seeds, cfg.methods, cfg.fractions))
-    cell_label = {
-        c: f"{c[1]}@{c[2]:g}" + (f"-s{c[0]}" if len(cfg.seeds) > 1 else "") for c in cells
-    }
-    progress = Progress(labels + list(cell_label.values()))
-    outcomes: dict[str, Any] = {}  # label -> evaluate future or reused outcome
-    first_vanilla: dict[str, Any] = {}
-    for seed, vlabel in zip(cfg.seeds, labels):
-        vhash = exp.vanilla_hash(cfg, data["fingerprint"], seed)
-        reused_v = None if force else tracking.find_complete(experiment, vhash)
-        todo = []
-        for c in (c for c in cells if c[0] == seed):
-            h = exp.cell_hash(vhash, cfg, c[1], c[2], seed, max_fraction)
-            reused = None if force else tracking.find_complete(experiment, h)
-            if reused is not None:
-                outcomes[cell_label[c]] = {
-                    "run_id": reused.info.run_id,
-                    "cell": cell_label[c],
-                    "seed": seed,
-                    "reused": True,
-                }
-                progress.set(cell_label[c], "reused")
-            else:
-                todo.append((c, h))
-        transfer = None
-        with remote_options(**resources):
-            if reused_v is not None:
-                outcomes[vlabel] = {
-                    "run_id": reused_v.info.run_id,
-                    "cell": "vanilla",
-                    "seed": seed,
-                    "reused": True,
-                }
-                progress.set(vlabel, "reused")
-                vanilla = fetch_weights(reused_v.info.run_id, workdir) if todo else None
-                if vanilla is not None:
-                    vanilla = {**vanilla, "seed": seed, "cell": "vanilla"}
-            else:
-                vanilla = train_vanilla.submit(cfg, data, seed=seed, config_hash=vhash, **common)
-                progress.track(vlabel, "training", vanilla)
-            if vanilla is not None:
-                transfer = craft_transfer.submit(
-                    cfg, data, vanilla, config_hash=vhash, workdir=workdir
-                )
-            if reused_v is None:
-                ev = evaluate_model.submit(cfg, data, vanilla, transfer, is_vanilla=True)
-                progress.track(vlabel, "evaluating", ev)
-                outcomes[vlabel] = ev
-            pools = {
-                m: craft_pool.submit(
-                    cfg, data, vanilla, method=m, seed=seed, config_hash=vhash, workdir=workdir
-                )
-                # the costliest pool first: it is the critical path (PGD >> mix >> FGSM)
-                for m in sorted(cfg.methods, key=POOL_COST_ORDER.index)
-                if any(c[1] == m for c, _ in todo)
-            }
-            for c, h in todo:
-                label = cell_label[c]
-                trained = train_cell.submit(
-                    cfg,
-                    data,
-                    pools[c[1]],
-                    method=c[1],
-                    fraction=c[2],
-                    seed=seed,
-                    config_hash=h,
-                    vanilla=vanilla,
-                    **common,
-                )
-                progress.track(label, "crafting", pools[c[1]])
-                progress.track(label, "training", trained)
-                ev = evaluate_model.submit(cfg, data, trained, transfer)
-                progress.track(label, "evaluating", ev)
-                outcomes[label] = ev
-        if not first_vanilla:
-            first_vanilla = {"vanilla": vanilla, "transfer": transfer}
-    progress.wait_all()
-    run_ids, failed = [], []
-    for label, o in outcomes.items():
-        if isinstance(o, dict):
-            run_ids.append(o["run_id"])
-        elif o.state.is_completed():
-            run_ids.append(o.result()["run_id"])
-        else:
-            failed.append(label)
-    vanilla_ref = first_vanilla.get("vanilla")
-    transfer_ref = first_vanilla.get("transfer")
-    report = gather(
-        cfg,
-        data,
-        run_ids,
-        vanilla=vanilla_ref.result() if isinstance(vanilla_ref, PrefectFuture) else vanilla_ref,
-        transfer_path=transfer_ref.result()
-        if isinstance(transfer_ref, PrefectFuture)
-        else transfer_ref,
-        parent_run_id=parent,
-        out_dir=out_dir,
-        context={
-            "experiment": experiment,
-            "preset": cfg.name,
-            "data": cfg.data.spec,
-            "data kind": data["kind"],
-            "images (train after oversampling / test)": f"{data['n_train']} / {data['n_test']}",
-            "fingerprint": data["fingerprint"],
-            "seeds": cfg.seeds,
-            "parent run": parent,
-        },
-    )
-    console.print(records_table(report["records"]))
-    for name, status, detail in report["checks"]:
-        console.print(
-            f"[{'green' if status == 'pass' else 'yellow'}]{status.upper()}[/] {name}: {detail}"
-        )
-    statuses = progress.status
+def _parent_params(cfg: ExperimentConfig, params: GridParams) -> dict[str, Any]:
     return {
-        "parent_run_id": parent,
-        "out_dir": out_dir,
-        "failed": failed,
-        "reused": sorted(k for k, v in statuses.items() if v == "reused"),
-        "trained": sorted(k for k, v in statuses.items() if v == "done"),
-        "records": report["records"],
-        "report_files": report["files"],
+        "preset": cfg.name,
+        "data": cfg.data.spec,
+        "methods": cfg.methods,
+        "fractions": cfg.fractions,
+        "seeds": cfg.seeds,
+        "force": params.force,
+        "config_hash": exp.config_hash(cfg),
+        "code_version": exp.__version__,
+    }
+
+
+def _context(cfg: ExperimentConfig, params: GridParams, data: Any, grid: GridRun) -> dict[str, Any]:
+    return {
+        "experiment": params.experiment,
+        "preset": cfg.name,
+        "data": cfg.data.spec,
+        "data kind": data.kind,
+        "images (train after oversampling / test)": f"{data.n_train} / {data.n_test}",
+        "fingerprint": data.fingerprint,
+        "seeds": cfg.seeds,
+        "parent run": grid.parent_run_id,
     }
 
 
 def make_task_runner(
-    address: str | None = None,
-    env: dict[str, str] | None = None,
+    address: str | None = None, env: dict[str, str] | None = None, *, log_to_driver: bool = True
 ) -> RayTaskRunner:
-    """The Ray runner, with the Prefect/MLflow addresses passed to every worker."""
-    env = {**tracking.env_for_workers(), **(env or {})}
+    """The Ray runner, with the Prefect/MLflow addresses passed to every worker.
+
+    ``log_to_driver=False`` keeps the workers' output in Ray's session logs (the quiet
+    console of ``skinadv grid``)."""
+    # MLflow prints a "View run" line at every run end otherwise
+    env = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", **worker_env(), **(env or {})}
     return RayTaskRunner(
         address=address or os.environ.get("RAY_ADDRESS"),
-        init_kwargs={"runtime_env": {"env_vars": env}},
+        init_kwargs={"runtime_env": {"env_vars": env}, "log_to_driver": log_to_driver},
     )
-
-
-def run_grid(**params: Any) -> dict[str, Any]:
-    """Run the flow on the Ray runner (``RAY_ADDRESS``, else a local Ray)."""
-    return grid_flow.with_options(task_runner=make_task_runner())(**params)

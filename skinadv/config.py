@@ -270,7 +270,8 @@ def parse_overrides(overrides: Mapping[str, Any] | Iterable[str] | None) -> dict
             else:
                 flat[prefix] = value
 
-        walk("", overrides)
+        for k, v in overrides.items():
+            walk(str(k), v)
         return flat
     for item in overrides:
         key, sep, raw = str(item).partition("=")

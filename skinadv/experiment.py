@@ -9,7 +9,7 @@ tasks/ wrap these one-to-one; a notebook can call them directly:
     pool = adversarial_pool(vanilla.model, *prep.train.to_float(), method="pgd",
                             fraction=max(cfg.fractions), attack_cfg=cfg.attack, seed=0)
     cell = train_model(cfg, augment(*prep.train.to_float(), pool, 0.4), seed=0)
-    evals = evaluate_both(cfg, cell.model, prep.test, sets)
+    result = evaluate_both(cfg, cell.model, prep.test, sets, method="pgd", fraction=0.4)
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from skinadv import __version__
 from skinadv.config import ExperimentConfig, config_hash
 from skinadv.data import CLASSES, Dataset
 from skinadv.evaluation import evaluate
-from skinadv.evaluation.checks import eps_sweep, sanity_checks, sweep
+from skinadv.evaluation.checks import eps_sweep, sweep
 from skinadv.evaluation.evaluate import craft_transfer_sets, predict
-from skinadv.report import Example, flatten_metrics
+from skinadv.report import Example
+from skinadv.results import Evaluation, ModelResult, cell_name
 from skinadv.training import TrainResult, fit
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,9 @@ def vanilla_hash(cfg: ExperimentConfig, fingerprint: str, seed: int) -> str:
         {
             "kind": "vanilla",
             "fingerprint": fingerprint,
-            "data": cfg.data.model_dump(mode="json"),
+            # the data's content is in the fingerprint: a path spelt another way (relative,
+            # absolute, s3://) is the same data
+            "data": cfg.data.model_dump(mode="json", exclude={"spec"}),
             "model": cfg.model.model_dump(),
             "train": cfg.train.model_dump(),
             "attack": cfg.attack.model_dump(),
@@ -110,43 +113,33 @@ def evaluate_both(
     test: Dataset,
     sets: Mapping[str, np.ndarray],
     *,
-    is_vanilla: bool = False,
+    method: str | None = None,
+    fraction: float | None = None,
     seed: int = 0,
-) -> dict[str, Any]:
-    """Both protocols. For the vanilla model the transfer sets *are* its white-box attacks
-    (same attack, same seed, same model), so they are scored once and reported twice."""
+    run_id: str | None = None,
+) -> ModelResult:
+    """Score ``model`` under both protocols.
+
+    ``method=None`` marks the vanilla model: its transfer sets *are* its white-box attacks
+    (same attack, same seed, same model), so they are scored once and reported twice.
+    """
     x, y = test.to_float()
     specs = attack_specs(cfg)
-    transfer = evaluate(
-        model,
-        x,
-        y,
-        attacks=specs,
-        protocol="transfer",
-        transfer_sets=sets,
-        batch_size=cfg.attack.batch_size,
-        seed=seed,
-        progress=False,
-    )
-    if is_vanilla:
-        whitebox = {**transfer, "protocol": "whitebox"}
+    common = {"attacks": specs, "batch_size": cfg.attack.batch_size, "seed": seed}
+    transfer = evaluate(model, x, y, protocol="transfer", transfer_sets=sets, **common)
+    if method is None:
+        whitebox = transfer.as_protocol("whitebox")
     else:
-        whitebox = evaluate(
-            model,
-            x,
-            y,
-            attacks=specs,
-            protocol="whitebox",
-            batch_size=cfg.attack.batch_size,
-            seed=seed,
-            progress=False,
-        )
-    return {"transfer": transfer, "whitebox": whitebox}
-
-
-def flat_metrics(evals: Mapping[str, Any]) -> dict[str, float]:
-    """``clean_accuracy``, ``transfer_pgd_balanced_accuracy``, ... (see skinadv.report)."""
-    return flatten_metrics({p: ev["metrics"] for p, ev in evals.items()})
+        whitebox = evaluate(model, x, y, protocol="whitebox", **common)
+    return ModelResult(
+        cell=cell_name(method, fraction),
+        seed=seed,
+        transfer=transfer,
+        whitebox=whitebox,
+        method=method,
+        fraction=fraction,
+        run_id=run_id,
+    )
 
 
 def sanity_sweeps(
@@ -179,13 +172,6 @@ def sanity_sweeps(
     }
 
 
-def run_sanity_checks(
-    evals_by_model: Mapping[str, Mapping[str, Any]], sweeps: Mapping[str, Any] | None
-) -> list[tuple[str, str, str]]:
-    checks = sanity_checks({"models": dict(evals_by_model), "sweeps": dict(sweeps or {})})
-    return [(c.name, c.status, c.detail) for c in checks]
-
-
 def pick_examples(model: nn.Module, test: Dataset, sets: Mapping[str, np.ndarray]) -> list[Example]:
     """One image per attack that the model gets right clean and wrong under attack (the
     paper's Figures 1-2); falls back to the first image when none is fooled."""
@@ -211,19 +197,18 @@ def pick_examples(model: nn.Module, test: Dataset, sets: Mapping[str, np.ndarray
     return out
 
 
-def confusion_figure(evals: Mapping[str, Any], title: str):
-    """Confusion matrices (clean, FGSM, PGD white-box) as one matplotlib figure."""
+def confusion_figure(result: ModelResult):
+    """Confusion matrices (clean, then each attack under both protocols) as one figure."""
     import matplotlib.pyplot as plt
 
-    panels = [("clean", evals["transfer"]["metrics"]["clean"])]
+    panels = [("clean", result.transfer.metrics["clean"])]
     panels += [
-        (f"{a.upper()} {p}", evals[p]["metrics"][a])
-        for p in ("transfer", "whitebox")
-        for a in ATTACKS_SCORED
-        if a in evals[p]["metrics"]
+        (f"{a.upper()} {p}", ev.metrics[a])
+        for p, ev in result.evaluations().items()
+        for a in ev.attack_names
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
-    for ax, (name, m) in zip(axes[0], panels):
+    for ax, (name, m) in zip(axes[0], panels, strict=True):
         cm = np.asarray(m["confusion_matrix"])
         ax.imshow(cm, cmap="Blues")
         for (i, j), v in np.ndenumerate(cm):
@@ -233,9 +218,87 @@ def confusion_figure(evals: Mapping[str, Any], title: str):
         ax.set_title(f"{name}\nacc {m['accuracy']:.1%}", fontsize=8)
         ax.set_xlabel("predicted", fontsize=7)
     axes[0][0].set_ylabel("true", fontsize=7)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(f"{result.cell} (seed {result.seed})", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- saved models (CLI)
+
+#: data settings that define the split; a saved model records them so its test side is reused
+SPLIT_KEYS = ("size", "test_size", "seed", "group_by_lesion", "oversample", "subset")
+
+
+def check_model_data(
+    meta: Mapping[str, Any], cfg: ExperimentConfig, fingerprint: str, what: str
+) -> None:
+    """A saved model's split settings and data fingerprint must be ``cfg``'s: another split
+    would put its training images on the test side. Raises ValueError naming ``what``."""
+    data = meta.get("data") or {}
+    diff = [k for k in SPLIT_KEYS if k in data and data[k] != getattr(cfg.data, k)]
+    if diff:
+        raise ValueError(
+            f"{what} was trained with other data settings "
+            f"({', '.join(f'{k}={data[k]}' for k in diff)}): use the same "
+            f"--preset/--set so its test side stays unseen"
+        )
+    fp = meta.get("data_fingerprint")
+    if fp and fp != fingerprint:
+        raise ValueError(
+            f"{what} was trained on other data (fingerprint {fp}, this data is {fingerprint})"
+        )
+
+
+def check_vanilla(meta: Mapping[str, Any], vanilla: str, what: str) -> None:
+    """A cell's hash keys on its vanilla model's (``cell_hash``), so the model its pool is
+    crafted against must be the vanilla model of the same settings: ``meta``'s
+    ``config_hash`` must be ``vanilla``. Raises ValueError naming ``what``."""
+    if meta.get("config_hash") != vanilla:
+        raise ValueError(
+            f"{what} has config hash {meta.get('config_hash')}, but the vanilla model of these "
+            f"settings (preset, overrides, seed, data, skinadv version) has {vanilla}: "
+            f"train the cell with the settings of its vanilla model"
+        )
+
+
+def model_cell(meta: Mapping[str, Any]) -> tuple[str | None, float | None]:
+    """(method, fraction) from a saved model's config; (None, None) for a vanilla model."""
+    adv = meta.get("adv") or meta  # the CLI also writes "adv"; the grid, top-level keys
+    method, fraction = adv.get("method"), adv.get("fraction")
+    return method, None if fraction is None else float(fraction)
+
+
+# --------------------------------------------------------------------------- one protocol (CLI)
+
+
+def score_protocol(
+    cfg: ExperimentConfig,
+    model: nn.Module,
+    test: Dataset,
+    protocol: str,
+    *,
+    sets: Mapping[str, np.ndarray] | None = None,
+    seed: int = 0,
+) -> Evaluation:
+    """``model`` under one protocol, with the attacks and settings ``evaluate_both`` uses.
+
+    Args:
+        protocol: ``transfer`` (scores ``sets``, from ``transfer_sets``) or ``whitebox``
+            (re-runs each attack against ``model``).
+        sets: the transfer sets; needed for ``transfer`` only.
+        seed: seeds the white-box attacks' random starts.
+    """
+    x, y = test.to_float()
+    return evaluate(
+        model,
+        x,
+        y,
+        attacks=attack_specs(cfg),
+        protocol=protocol,
+        transfer_sets=sets if protocol == "transfer" else None,
+        batch_size=cfg.attack.batch_size,
+        seed=seed,
+    )
 
 
 def set_threads(n: int) -> None:

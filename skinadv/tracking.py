@@ -1,9 +1,16 @@
-"""MLflow adapter: the one place (with stack.py) that imports mlflow.
+"""MLflow adapter: the one place (with skinadv.stack) that imports mlflow.
 
 Layout: one experiment per grid name; a parent run per grid invocation; one child run per
 cell (and one for vanilla). A child run counts as done only when it is FINISHED *and* has
 the tag ``skinadv.complete=true`` (set after its metrics and model are logged), so a crash
 at any point never leaves a half-logged run that a rerun would reuse or count twice.
+
+One owner per run: ``owned_run`` starts a run and ends it in the same process (FINISHED and
+complete, FAILED on an error, KILLED on Ctrl-C / SIGTERM); nothing re-opens a run. An
+attempt that dies without ending its run (a Ray worker SIGKILLed) leaves it RUNNING: the
+retry marks it KILLED (``kill_stale``), and so does the end of every grid
+(``kill_unfinished``). Models are logged as a plain state dict + JSON config (loaded with
+``torch.load(weights_only=True)``), never pickled.
 """
 
 from __future__ import annotations
@@ -11,9 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,8 +34,13 @@ TAG_CELL = "skinadv.cell"
 TAG_COMPLETE = "skinadv.complete"
 TAG_CELLS = "skinadv.cells"  # on the parent: JSON {cell name: child run id}
 TAG_PARENT = "mlflow.parentRunId"
-MODEL_NAME = "model"
+TAG_STAGE = "skinadv.stage"
+TAG_ERROR = "skinadv.error"
+TAG_FLOW_RUN = "skinadv.prefect_flow_run_id"
+TAG_WORKER = "skinadv.worker"  # host:pid of the owning process
 WEIGHTS_DIR = "weights"
+EVALUATION_FILE = "evaluation.json"
+TRANSFER_DIR = "transfer_sets"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
@@ -84,7 +97,9 @@ def start_run(
     from mlflow.entities import Param
 
     c = client()
-    all_tags = {TAG_KIND: kind, "mlflow.runName": name, **(tags or {})}
+    # which process owns the run: an operator (or a fault test) can find it
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    all_tags = {TAG_KIND: kind, "mlflow.runName": name, TAG_WORKER: worker, **(tags or {})}
     if parent_run_id:
         all_tags[TAG_PARENT] = parent_run_id
     run = c.create_run(experiment_id(experiment), run_name=name, tags=all_tags)
@@ -107,7 +122,13 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], *, step: int | None =
 
 
 def log_figure(run_id: str, figure, artifact_file: str) -> None:
-    client().log_figure(run_id, figure, artifact_file)
+    """Log a matplotlib figure as an image, then close it (pyplot keeps figures alive)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        client().log_figure(run_id, figure, artifact_file)
+    finally:
+        plt.close(figure)
 
 
 def log_artifact_files(
@@ -122,36 +143,6 @@ def log_text(run_id: str, text: str, artifact_file: str) -> None:
     client().log_text(run_id, text, artifact_file)
 
 
-def log_torch_model(run_id: str, model, *, weights: str | Path, config_json: str | Path) -> str:
-    """Log ``model`` as an MLflow pytorch model plus its plain state dict + config JSON.
-
-    Explicit ``pip_requirements`` (else MLflow infers them in a subprocess, >1 min here) and
-    pickle serialization (``pt2`` needs an input example and takes ~8 s). The state dict
-    beside it is what ``load_weights`` reads with ``torch.load(weights_only=True)``.
-    """
-    import mlflow
-    import torch
-
-    from skinadv import __version__
-
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        info = mlflow.pytorch.log_model(
-            model.cpu(),
-            name=MODEL_NAME,
-            serialization_format="pickle",
-            pip_requirements=[
-                f"torch=={torch.__version__.split('+')[0]}",
-                f"skinadv=={__version__}",
-            ],
-        )
-        mlflow.log_artifact(str(weights), WEIGHTS_DIR)
-        mlflow.log_artifact(str(config_json), WEIGHTS_DIR)
-        # leaving the block ends the run as FINISHED; complete is set by the caller after
-        # the metrics are in
-    client().update_run(run_id, status="RUNNING")
-    return info.model_uri
-
-
 def finish_run(run_id: str, *, complete: bool = True, status: str = "FINISHED") -> None:
     c = client()
     if complete:
@@ -159,22 +150,58 @@ def finish_run(run_id: str, *, complete: bool = True, status: str = "FINISHED") 
     c.set_terminated(run_id, status)
 
 
-def fail_run(run_id: str, reason: str = "") -> None:
+def fail_run(run_id: str, reason: str = "", *, status: str = "FAILED") -> None:
+    """End a run as FAILED (or KILLED), with the reason as the ``skinadv.error`` tag."""
     c = client()
     if reason:
-        c.set_tag(run_id, "skinadv.error", reason[:4000])
-    c.set_terminated(run_id, "FAILED")
+        c.set_tag(run_id, TAG_ERROR, reason[:4000])
+    c.set_terminated(run_id, status)
 
 
 @contextmanager
-def child_run(experiment: str, **kwargs):
-    """A run that ends FAILED (never complete) if the body raises; body must finish it."""
+def owned_run(experiment: str, **kwargs) -> Iterator[str]:
+    """Start a run, yield its id, and end it here: FINISHED + complete when the body returns,
+    FAILED when it raises, KILLED on KeyboardInterrupt / SystemExit (Ctrl-C, SIGTERM)."""
     rid = start_run(experiment, **kwargs)
     try:
         yield rid
+    except (KeyboardInterrupt, SystemExit) as exc:
+        fail_run(rid, f"interrupted ({type(exc).__name__})", status="KILLED")
+        raise
     except BaseException as exc:
         fail_run(rid, f"{type(exc).__name__}: {exc}")
         raise
+    finish_run(rid)
+
+
+def set_stage(run_id: str, stage: str) -> None:
+    """What the run's owner is doing now (``training``, ``scoring``, ``logging``)."""
+    client().set_tag(run_id, TAG_STAGE, stage)
+
+
+def kill_stale(experiment: str, config_hash: str, *, reason: str) -> list[str]:
+    """Mark KILLED every RUNNING run with this config hash (an earlier attempt that died
+    without ending its run); returns their ids. Call before starting the run that
+    replaces them."""
+    return _kill(experiment, f"tags.`{TAG_HASH}` = '{config_hash}'", reason)
+
+
+def kill_unfinished(experiment: str, parent_run_id: str, *, reason: str) -> list[str]:
+    """Mark KILLED every child run of ``parent_run_id`` that is still RUNNING."""
+    return _kill(experiment, f"tags.`{TAG_PARENT}` = '{parent_run_id}'", reason)
+
+
+def _kill(experiment: str, where: str, reason: str) -> list[str]:
+    exp = client().get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client().search_runs(
+        [exp.experiment_id], filter_string=f"{where} and attributes.status = 'RUNNING'"
+    )
+    for run in runs:
+        fail_run(run.info.run_id, reason, status="KILLED")
+        log.info("marked run %s (%s) KILLED: %s", run.info.run_id, run.info.run_name, reason)
+    return [r.info.run_id for r in runs]
 
 
 def find_complete(experiment: str, config_hash: str):
@@ -192,6 +219,16 @@ def find_complete(experiment: str, config_hash: str):
         max_results=1,
     )
     return runs[0] if runs else None
+
+
+def run_url(run_id: str) -> str:
+    """The run's page in the MLflow UI (or its ``runs:/`` URI when the store is not a
+    server)."""
+    uri = tracking_uri().rstrip("/")
+    if not uri.startswith(("http://", "https://")):
+        return f"runs:/{run_id}"
+    run = client().get_run(run_id)
+    return f"{uri}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
 
 def get_run(run_id: str):
@@ -229,24 +266,6 @@ def latest_parent(experiment: str):
     return runs[0]
 
 
-def record_from_run(run) -> dict[str, Any]:
-    """A report record (see skinadv.report) from a cell or vanilla run."""
-    p = run.data.params
-    method = p.get("method")
-    return {
-        "cell": run.data.tags.get(TAG_CELL, run.info.run_name),
-        "method": None if method in (None, "none") else method,
-        "fraction": None if p.get("fraction") in (None, "0", "0.0") else float(p["fraction"]),
-        "seed": int(p.get("seed", 0)),
-        "run_id": run.info.run_id,
-        **{
-            k: v
-            for k, v in run.data.metrics.items()
-            if k.startswith(("clean_", "transfer_", "whitebox_"))
-        },
-    }
-
-
 def cell_run_ids(parent) -> list[str]:
     """The child runs (trained or reused) a parent run's gather step reported on."""
     cells = json.loads(parent.data.tags.get(TAG_CELLS, "{}"))
@@ -255,32 +274,32 @@ def cell_run_ids(parent) -> list[str]:
     return list(cells.values())
 
 
-def evaluation_payload(run_id: str) -> dict[str, Any]:
-    """The ``evaluation.json`` a finished run carries (both protocols, and sweeps)."""
+def log_result(run_id: str, payload: Mapping[str, Any]) -> None:
+    """The run's ``evaluation.json``: ``ModelResult.to_dict()`` (+ the vanilla sweeps)."""
+    client().log_text(run_id, json.dumps(payload), EVALUATION_FILE)
+
+
+def load_result(run_id: str):
+    """A finished run's ``ModelResult`` and its sanity sweeps (None unless vanilla)."""
+    from skinadv.results import ModelResult
+
     with tempfile.TemporaryDirectory(prefix="skinadv-eval-") as tmp:
-        path = client().download_artifacts(run_id, "evaluation.json", tmp)
-        return json.loads(Path(path).read_text())
+        path = client().download_artifacts(run_id, EVALUATION_FILE, tmp)
+        payload = json.loads(Path(path).read_text())
+    return ModelResult.from_dict(payload, run_id=run_id), payload.get("sweeps")
 
 
-def load_results(run_ids: list[str]) -> tuple[list[dict], dict[str, Any], dict | None]:
-    """Report inputs from MLflow alone: records, evaluations by model, sanity sweeps."""
-    records, evals, sweeps = [], {}, None
+def load_results(run_ids: list[str]) -> tuple[list, dict | None]:
+    """Report inputs from MLflow alone: one ModelResult per run, and the sanity sweeps."""
+    results, sweeps = [], None
     for rid in run_ids:
-        rec = record_from_run(get_run(rid))
-        payload = evaluation_payload(rid)
-        records.append(rec)
-        evals[f"{rec['cell']}-s{rec['seed']}"] = payload["evaluation"]
-        sweeps = sweeps or payload.get("sweeps")
-    return records, evals, sweeps
+        result, s = load_result(rid)
+        results.append(result)
+        sweeps = sweeps or s
+    return results, sweeps
 
 
-def env_for_workers() -> dict[str, str]:
-    keys = (
-        "MLFLOW_TRACKING_URI",
-        "PREFECT_API_URL",
-        "MLFLOW_S3_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL",
-        "SKINADV_HAM10000",
-        "SKINADV_CACHE_DIR",
-    )
-    return {k: os.environ[k] for k in keys if os.environ.get(k)}
+def download_artifact(run_id: str, path: str, dst: str | Path) -> Path:
+    """One artifact of a run, downloaded into ``dst``."""
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    return Path(client().download_artifacts(run_id, path, str(dst)))

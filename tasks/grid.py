@@ -1,8 +1,11 @@
 """Prefect tasks of the grid: thin wrappers that call skinadv and log to MLflow.
 
-Each returns something small and picklable (paths, run ids, metric dicts), never tensors.
-Big intermediate arrays (data splits, transfer sets, pools, weights) live as files in the
-grid's work folder, which every Ray worker can read (one machine, or a shared volume).
+Each model task owns its MLflow run from start to end (``tracking.owned_run``): it trains,
+scores both protocols, logs, and ends the run. Reuse happens here, not in the flow: a task
+that finds a complete run with its config hash returns that run's result in a ``Reused``
+state and trains nothing. Every task returns a small frozen dataclass (``tasks.refs``),
+never tensors; a model task's final state message carries its key figure, which the CLI's
+progress table and the Prefect UI show.
 """
 
 from __future__ import annotations
@@ -14,14 +17,19 @@ from typing import Any
 
 import numpy as np
 from prefect import get_run_logger, task
+from prefect.states import Completed, State
 
 from skinadv import experiment as exp
 from skinadv import tracking
 from skinadv.config import ExperimentConfig
 from skinadv.data import load_dataset
 from skinadv.data.io import atomic_write_npz
+from skinadv.evaluation.checks import Check, sanity_checks
 from skinadv.models import load_model, save_model
-from skinadv.training import AdvPool, adversarial_pool, augment, prepare_data
+from skinadv.results import ModelResult, cell_name
+from skinadv.training import AdvPool, adversarial_pool, augment
+from skinadv.training import prepare_data as prepare_split
+from tasks.refs import DataRef, GridRun, Pool, TrainedModel
 
 
 def _use_assigned_threads() -> int:
@@ -39,58 +47,65 @@ def _use_assigned_threads() -> int:
     return n
 
 
-def _load_split(data: dict[str, Any]):
-    return load_dataset(data["train"]), load_dataset(data["test"])
-
-
 def _load_sets(path: str) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 
-@task(name="prepare-data", retries=1, retry_delay_seconds=5)
-def prepare_data_task(cfg: ExperimentConfig, workdir: str) -> dict[str, Any]:
-    """Load, subset, split and oversample the data; write the two sides as canonical npz."""
-    prep = prepare_data(cfg.data)
-    folder = Path(workdir) / "data" / f"{prep.fingerprint}-{exp.config_hash(cfg.data)}"
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"train": folder / "train.npz", "test": folder / "test.npz"}
-    if not all(p.is_file() for p in paths.values()):
-        prep.train.save_npz(paths["train"])
-        prep.test.save_npz(paths["test"])
-    get_run_logger().info("data %s (%s): %s", cfg.data.spec, prep.test.kind, prep.summary())
-    return {
-        **{k: str(v) for k, v in paths.items()},
-        **prep.summary(),
-        "kind": prep.test.kind,
-        "source": cfg.data.spec,
-    }
+def _key_figure(r: ModelResult) -> str:
+    """One line for the progress table and the Prefect UI: clean and white-box PGD."""
+    clean = r.transfer.value("clean", "balanced_accuracy")
+    pgd = r.whitebox.value("pgd", "accuracy")
+    parts = [f"clean {r.transfer.accuracy():.1%}"]
+    if clean is not None:
+        parts.append(f"bal. {clean:.1%}")
+    if pgd is not None:
+        parts.append(f"PGD white-box {pgd:.1%}")
+    return ", ".join(parts)
 
 
-def _log_training(run_id: str):
-    def hook(stats) -> None:
-        tracking.log_metrics(
-            run_id,
-            {
-                "train_loss": stats.loss,
-                "train_accuracy": stats.train_acc,
-                "epoch_seconds": stats.seconds,
-            },
-            step=stats.epoch,
-        )
-
-    return hook
+def _reusable(grid: GridRun, config_hash: str):
+    return None if grid.force else tracking.find_complete(grid.experiment, config_hash)
 
 
-def _common_params(cfg: ExperimentConfig, data: dict[str, Any], seed: int, h: str) -> dict:
+def _reused(run, config_hash: str, weights: Path, transfer: Path | None = None) -> State:
+    result, _ = tracking.load_result(run.info.run_id)
+    model = TrainedModel(result, config_hash, str(weights), transfer and str(transfer), True)
+    return Completed(
+        data=model,
+        name="Reused",
+        message=f"reused MLflow run {run.info.run_id}: {_key_figure(result)}",
+    )
+
+
+def _transfer_sets(vanilla: TrainedModel) -> str:
+    """The vanilla model's transfer sets, downloaded from its run when they are not in this
+    work folder (a reused model, or another node)."""
+    assert vanilla.transfer is not None
+    p = Path(vanilla.transfer)
+    if not p.is_file():
+        got = tracking.download_artifact(vanilla.run_id, tracking.TRANSFER_DIR, p.parent / ".dl")
+        os.replace(next(got.glob("*.npz")), p)
+    return str(p)
+
+
+def _weights(model: TrainedModel) -> str:
+    if not Path(model.weights).is_file():
+        got = tracking.download_weights(model.run_id, Path(model.weights).parent / model.run_id)
+        os.replace(got, model.weights)
+        os.replace(str(got) + ".json", model.weights + ".json")
+    return model.weights
+
+
+def _params(cfg: ExperimentConfig, data: DataRef, seed: int, h: str) -> dict[str, Any]:
     return {
         "seed": seed,
         "config_hash": h,
-        "data_fingerprint": data["fingerprint"],
-        "data_source": data["source"],
-        "data_kind": data["kind"],
-        "n_train": data["n_train"],
-        "n_test": data["n_test"],
+        "data_fingerprint": data.fingerprint,
+        "data_source": data.source,
+        "data_kind": data.kind,
+        "n_train": data.n_train,
+        "n_test": data.n_test,
         "preset": cfg.name,
         "code_version": exp.__version__,
         "model": cfg.model.name,
@@ -99,120 +114,157 @@ def _common_params(cfg: ExperimentConfig, data: dict[str, Any], seed: int, h: st
         "lr": cfg.train.lr,
         "batch_size": cfg.train.batch_size,
         "fgsm_eps": cfg.attack.fgsm.eps,
-        "pgd_eps": cfg.attack.pgd.eps,
-        "pgd_alpha": cfg.attack.pgd.alpha,
-        "pgd_steps": cfg.attack.pgd.steps,
-        "pgd_random_start": cfg.attack.pgd.random_start,
-        "pgd_restarts": cfg.attack.pgd.restarts,
-        "pgd_norm": cfg.attack.pgd.norm,
+        **{f"pgd_{k}": v for k, v in cfg.attack.pgd.model_dump().items()},
     }
 
 
-def _train_child_run(
+def _train_and_score(
     cfg: ExperimentConfig,
+    data: DataRef,
     train: Any,
     *,
-    cell: str,
-    kind: str,
-    params: dict[str, Any],
+    grid: GridRun,
+    method: str | None,
+    fraction: float | None,
     seed: int,
     config_hash: str,
-    experiment: str,
-    parent_run_id: str,
-    weights: Path,
-    meta: dict[str, Any],
-) -> dict[str, Any]:
-    """Train one model inside a nested MLflow run (left open until it is evaluated) and save
-    its weights; what the evaluate task needs comes back."""
-    with tracking.child_run(
-        experiment,
+    params: dict[str, Any],
+    transfer: str | None,
+    vanilla_weights: str | None = None,
+) -> TrainedModel:
+    """Train, score both protocols and log, inside one MLflow run this function owns.
+
+    The vanilla model (``method`` None) also crafts the transfer sets (from itself, so
+    ``transfer`` is where to write them) and the sanity sweeps."""
+    cell = cell_name(method, fraction)
+    stale = tracking.kill_stale(grid.experiment, config_hash, reason="attempt died; retried")
+    if stale:
+        get_run_logger().warning("%s: marked %d dead attempt(s) KILLED", cell, len(stale))
+    weights = grid.path("models", f"{cell}-{config_hash}.pt")
+    test = load_dataset(data.test)
+    with tracking.owned_run(
+        grid.experiment,
         name=f"{cell}-s{seed}",
-        kind=kind,
+        kind="vanilla" if method is None else "cell",
         params=params,
         tags={tracking.TAG_HASH: config_hash, tracking.TAG_CELL: cell},
-        parent_run_id=parent_run_id,
+        parent_run_id=grid.parent_run_id,
     ) as run_id:
-        result = exp.train_model(cfg, train, seed=seed, on_epoch=_log_training(run_id))
-        save_model(result.model, weights, {"seed": seed, "config_hash": config_hash, **meta})
-    return {
-        "run_id": run_id,
-        "weights": str(weights),
-        "cell": cell,
-        "seed": seed,
-        "train_seconds": result.seconds,
-    }
+        tracking.set_stage(run_id, "training")
+
+        def on_epoch(s) -> None:
+            metrics = {
+                "train_loss": s.loss,
+                "train_accuracy": s.train_acc,
+                "epoch_seconds": s.seconds,
+            }
+            tracking.log_metrics(run_id, metrics, step=s.epoch)
+
+        trained = exp.train_model(cfg, train, seed=seed, on_epoch=on_epoch)
+        save_model(trained.model, weights, {"seed": seed, "config_hash": config_hash, "cell": cell})
+        payload: dict[str, Any] = {}
+        if method is None:
+            tracking.set_stage(run_id, "crafting transfer sets")
+            sets = exp.transfer_sets(cfg, trained.model, test, seed=seed, progress=False)
+            atomic_write_npz(transfer, compress=False, **sets)
+            payload["sweeps"] = exp.sanity_sweeps(cfg, trained.model, test, seed=seed)
+        tracking.set_stage(run_id, "scoring")
+        result = exp.evaluate_both(
+            cfg,
+            trained.model,
+            test,
+            _load_sets(transfer),
+            method=method,
+            fraction=fraction,
+            seed=seed,
+            run_id=run_id,
+        )
+        tracking.set_stage(run_id, "logging")
+        tracking.log_metrics(run_id, {**result.flat_metrics(), "train_seconds": trained.seconds})
+        tracking.log_result(run_id, {**result.to_dict(), **payload})
+        tracking.log_figure(run_id, exp.confusion_figure(result), "confusion_matrix.png")
+        files = [weights, Path(str(weights) + ".json")]
+        tracking.log_artifact_files(run_id, files, tracking.WEIGHTS_DIR)
+        if method is None:
+            tracking.log_artifact_files(run_id, [transfer], tracking.TRANSFER_DIR)
+    return TrainedModel(result, config_hash, str(weights), transfer if method is None else None)
 
 
-@task(name="train-vanilla", retries=2, retry_delay_seconds=5)
-def train_vanilla(
-    cfg: ExperimentConfig,
-    data: dict[str, Any],
-    *,
-    seed: int,
-    config_hash: str,
-    experiment: str,
-    parent_run_id: str,
-    workdir: str,
-) -> dict[str, Any]:
-    """Train the vanilla model as a nested MLflow run (left open until it is evaluated)."""
-    _use_assigned_threads()
-    train, _ = _load_split(data)
-    params = {**_common_params(cfg, data, seed, config_hash), "method": "none", "fraction": 0.0}
-    return _train_child_run(
-        cfg, train, cell="vanilla", kind="vanilla", params=params, seed=seed,
-        config_hash=config_hash, experiment=experiment, parent_run_id=parent_run_id,
-        weights=Path(workdir) / "models" / f"vanilla-{config_hash}.pt", meta={},
+@task(name="prepare-data", task_run_name="prepare data", retries=1, retry_delay_seconds=5)
+def prepare_data(cfg: ExperimentConfig, grid: GridRun) -> DataRef:
+    """Load, subset, split and oversample the data; write both sides as canonical npz."""
+    prep = prepare_split(cfg.data)
+    folder = grid.path("data", f"{prep.fingerprint}-{exp.config_hash(cfg.data)}", "x").parent
+    paths = {"train": folder / "train.npz", "test": folder / "test.npz"}
+    if not all(p.is_file() for p in paths.values()):
+        prep.train.save_npz(paths["train"])
+        prep.test.save_npz(paths["test"])
+    get_run_logger().info("data %s (%s): %s", cfg.data.spec, prep.test.kind, prep.summary())
+    return DataRef(
+        train=str(paths["train"]),
+        test=str(paths["test"]),
+        fingerprint=prep.fingerprint,
+        kind=prep.test.kind,
+        source=cfg.data.spec,
+        n_train=len(prep.train),
+        n_test=len(prep.test),
     )
 
 
-@task(name="fetch-model", retries=2, retry_delay_seconds=5)
-def fetch_weights(run_id: str, workdir: str) -> dict[str, Any]:
-    """The state dict of a reused run, downloaded from MLflow into the work folder."""
-    dst = Path(workdir) / "models" / f"run-{run_id}"
-    return {"run_id": run_id, "weights": str(tracking.download_weights(run_id, dst))}
-
-
-@task(name="craft-transfer-sets", retries=1, retry_delay_seconds=5)
-def craft_transfer(
-    cfg: ExperimentConfig,
-    data: dict[str, Any],
-    vanilla: dict[str, Any],
-    *,
-    config_hash: str,
-    workdir: str,
-) -> str:
-    """FGSM / PGD test sets crafted once against the vanilla model (transfer protocol)."""
+@task(name="train-vanilla", task_run_name="vanilla s{seed}", retries=2, retry_delay_seconds=5)
+def train_vanilla(cfg: ExperimentConfig, data: DataRef, *, seed: int, grid: GridRun) -> State:
+    """Train the vanilla model, craft the transfer sets from it, score it, end its run."""
     _use_assigned_threads()
-    path = Path(workdir) / "adv" / f"transfer-{config_hash}.npz"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        model, _ = load_model(vanilla["weights"])
-        _, test = _load_split(data)
-        atomic_write_npz(
-            path, compress=False, **exp.transfer_sets(cfg, model, test, progress=False)
-        )
-    return str(path)
+    h = exp.vanilla_hash(cfg, data.fingerprint, seed)
+    transfer = grid.path("adv", f"transfer-{h}.npz")
+    weights = grid.path("models", f"vanilla-{h}.pt")
+    run = _reusable(grid, h)
+    if run is not None:
+        return _reused(run, h, weights, transfer)
+    params = {**_params(cfg, data, seed, h), "method": "none", "fraction": 0.0}
+    model = _train_and_score(
+        cfg,
+        data,
+        load_dataset(data.train),
+        grid=grid,
+        method=None,
+        fraction=None,
+        seed=seed,
+        config_hash=h,
+        params=params,
+        transfer=str(transfer),
+    )
+    return Completed(data=model, message=_key_figure(model.result))
 
 
-@task(name="craft-pool", retries=1, retry_delay_seconds=5)
+def _cell_hash(cfg: ExperimentConfig, vanilla: TrainedModel, method: str, fraction: float) -> str:
+    seed = vanilla.result.seed
+    return exp.cell_hash(vanilla.config_hash, cfg, method, fraction, seed, max(cfg.fractions))
+
+
+@task(name="craft-pool", task_run_name="pool {method} s{seed}", retries=1, retry_delay_seconds=5)
 def craft_pool(
     cfg: ExperimentConfig,
-    data: dict[str, Any],
-    vanilla: dict[str, Any],
+    data: DataRef,
+    vanilla: TrainedModel,
     *,
     method: str,
     seed: int,
-    config_hash: str,
-    workdir: str,
-) -> str:
-    """One method's adversarial pool, crafted once for the largest fraction."""
+    grid: GridRun,
+) -> State:
+    """One method's adversarial pool against the vanilla model, for the largest fraction;
+    skipped when every cell of the method will be reused."""
     _use_assigned_threads()
+    todo = [
+        f for f in cfg.fractions if _reusable(grid, _cell_hash(cfg, vanilla, method, f)) is None
+    ]
+    if not todo:
+        return Completed(data=Pool(method, seed, None), name="Skipped", message="all cells reused")
     fraction = max(cfg.fractions)
-    path = Path(workdir) / "adv" / f"pool-{method}-{fraction}-{config_hash}.npz"
+    path = grid.path("adv", f"pool-{method}-{fraction}-{vanilla.config_hash}.npz")
     if not path.is_file():
-        model, _ = load_model(vanilla["weights"])
-        train, _ = _load_split(data)
-        x, y = train.to_float()
+        model, _ = load_model(_weights(vanilla))
+        x, y = load_dataset(data.train).to_float()
         adversarial_pool(
             model,
             x,
@@ -223,126 +275,101 @@ def craft_pool(
             seed=seed,
             progress=False,
         ).save(path)
-    return str(path)
+    return Completed(data=Pool(method, seed, str(path)), message=f"{len(todo)} cell(s) need it")
 
 
-@task(name="train-cell", retries=2, retry_delay_seconds=5)
+def _cell_run_name() -> str:
+    """``pgd@0.8 s0``: the cell's name in the Prefect UI and the CLI's progress table."""
+    from prefect.runtime import task_run
+
+    p = task_run.parameters
+    return model_label(p["method"], p["fraction"], p["seed"])
+
+
+def model_label(method: str | None, fraction: float | None, seed: int) -> str:
+    return f"{cell_name(method, fraction)} s{seed}"
+
+
+@task(name="train-cell", task_run_name=_cell_run_name, retries=2, retry_delay_seconds=5)
 def train_cell(
     cfg: ExperimentConfig,
-    data: dict[str, Any],
-    pool_path: str,
+    data: DataRef,
+    vanilla: TrainedModel,
+    pool: Pool,
     *,
     method: str,
     fraction: float,
     seed: int,
-    config_hash: str,
-    vanilla: dict[str, Any],
-    experiment: str,
-    parent_run_id: str,
-    workdir: str,
-) -> dict[str, Any]:
-    """Train a fresh model on the training set + round(fraction * n) adversarial examples."""
+    grid: GridRun,
+) -> State:
+    """Train a fresh model on the training set + round(fraction * n) adversarial examples,
+    score it under both protocols and end its run."""
     _use_assigned_threads()
-    train, _ = _load_split(data)
-    x, y = train.to_float()
-    pool = AdvPool.load(pool_path)
-    xa, ya = augment(x, y, pool, fraction)
-    name = f"{method}@{fraction:g}"
+    h = _cell_hash(cfg, vanilla, method, fraction)
+    run = _reusable(grid, h)
+    if run is not None:
+        return _reused(run, h, grid.path("models", f"{cell_name(method, fraction)}-{h}.pt"))
+    if pool.path is None:
+        raise RuntimeError(f"the {method} pool was skipped but {method}@{fraction:g} needs it")
+    x, y = load_dataset(data.train).to_float()
+    adv = AdvPool.load(pool.path)
+    xa, ya = augment(x, y, adv, fraction)
     params = {
-        **_common_params(cfg, data, seed, config_hash),
+        **_params(cfg, data, seed, h),
         "method": method,
         "fraction": fraction,
         "n_adversarial": int(len(ya) - len(y)),
-        "vanilla_run_id": vanilla["run_id"],
-        "pool_fraction": pool.fraction,
+        "vanilla_run_id": vanilla.run_id,
+        "pool_fraction": adv.fraction,
     }
-    return _train_child_run(
-        cfg, (xa, ya), cell=name, kind="cell", params=params, seed=seed,
-        config_hash=config_hash, experiment=experiment, parent_run_id=parent_run_id,
-        weights=Path(workdir) / "models" / f"cell-{config_hash}.pt",
-        meta={"method": method, "fraction": fraction},
+    transfer = _transfer_sets(vanilla)
+    model = _train_and_score(
+        cfg,
+        data,
+        (xa, ya),
+        grid=grid,
+        method=method,
+        fraction=fraction,
+        seed=seed,
+        config_hash=h,
+        params=params,
+        transfer=transfer,
     )
+    return Completed(data=model, message=_key_figure(model.result))
 
 
-@task(name="evaluate", retries=2, retry_delay_seconds=5)
-def evaluate_model(
-    cfg: ExperimentConfig,
-    data: dict[str, Any],
-    trained: dict[str, Any],
-    transfer_path: str,
-    *,
-    is_vanilla: bool = False,
-) -> dict[str, Any]:
-    """Score under both protocols, log metrics + model + confusion matrices, finish the run."""
-    _use_assigned_threads()
-    run_id = trained["run_id"]
-    try:
-        model, _ = load_model(trained["weights"])
-        _, test = _load_split(data)
-        sets = _load_sets(transfer_path)
-        evals = exp.evaluate_both(
-            cfg, model, test, sets, is_vanilla=is_vanilla, seed=trained["seed"]
-        )
-        payload: dict[str, Any] = {"evaluation": evals}
-        if is_vanilla:
-            payload["sweeps"] = exp.sanity_sweeps(cfg, model, test, seed=trained["seed"])
-        metrics = exp.flat_metrics(evals)
-        tracking.log_metrics(run_id, metrics)
-        tracking.log_text(run_id, json.dumps(payload), "evaluation.json")
-        tracking.log_figure(
-            run_id, exp.confusion_figure(evals, trained["cell"]), "confusion_matrix.png"
-        )
-        tracking.log_torch_model(
-            run_id, model, weights=trained["weights"], config_json=trained["weights"] + ".json"
-        )
-        tracking.finish_run(run_id)
-    except BaseException as exc:
-        tracking.fail_run(run_id, f"{type(exc).__name__}: {exc}")
-        raise
-    return {"run_id": run_id, "cell": trained["cell"], "metrics": metrics}
-
-
-@task(name="gather")
+@task(name="gather", task_run_name="gather report")
 def gather(
     cfg: ExperimentConfig,
-    data: dict[str, Any],
-    run_ids: list[str],
+    data: DataRef,
+    models: list[TrainedModel],
     *,
-    vanilla: dict[str, Any] | None,
-    transfer_path: str | None,
-    parent_run_id: str,
-    out_dir: str,
+    grid: GridRun,
     context: dict[str, Any],
-) -> dict[str, Any]:
-    """Tables + figures from every cell's MLflow run; written to out_dir and the parent run."""
+) -> tuple[list[Check], dict[str, str]]:
+    """Tables, figures and sanity checks from every model; written to the grid's report
+    folder and logged on the parent run. Returns the checks and the files written."""
     from skinadv.report import build_report, save_report
 
-    records, evals, sweeps = tracking.load_results(run_ids)
-    examples = []
-    if vanilla and transfer_path:
-        model, _ = load_model(vanilla["weights"])
-        _, test = _load_split(data)
-        examples = exp.pick_examples(model, test, _load_sets(transfer_path))
+    results = [m.result for m in models]
+    vanilla = next((m for m in models if m.result.is_vanilla), None)
+    sweeps, examples = None, []
+    if vanilla is not None:
+        _, sweeps = tracking.load_result(vanilla.run_id)
+        transfer = _transfer_sets(vanilla)
+        model, _ = load_model(_weights(vanilla))
+        examples = exp.pick_examples(model, load_dataset(data.test), _load_sets(transfer))
+    checks = sanity_checks(results, sweeps)
     report = build_report(
-        records,
-        title=f"skinadv grid: {context.get('experiment', '')}",
+        results,
+        title=f"skinadv grid: {grid.experiment}",
         context=context,
-        checks=exp.run_sanity_checks(evals, sweeps),
+        checks=checks,
         examples=examples,
+        sweeps=sweeps,
     )
-    written = save_report(report, out_dir)
-    tracking.log_artifact_files(parent_run_id, list(written.values()), "report")
-    tracking.set_tags(
-        parent_run_id,
-        {
-            tracking.TAG_CELLS: json.dumps(
-                {f"{r['cell']}-s{r['seed']}": r["run_id"] for r in records}
-            )
-        },
-    )
-    return {
-        "out_dir": out_dir,
-        "files": {k: str(v) for k, v in written.items()},
-        "records": records,
-        "checks": report.checks,
-    }
+    written = save_report(report, grid.out_dir)
+    tracking.log_artifact_files(grid.parent_run_id, list(written.values()), "report")
+    cells = {r.key: r.run_id for r in results}
+    tracking.set_tags(grid.parent_run_id, {tracking.TAG_CELLS: json.dumps(cells)})
+    return checks, {k: str(v) for k, v in written.items()}

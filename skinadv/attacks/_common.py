@@ -9,9 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skinadv.config import check_eps
-
-NORMS = ("linf", "l2")
+from skinadv.config import NORMS, check_eps
 
 
 class AttackFn(Protocol):

@@ -1,40 +1,76 @@
-"""Command groups merged into the ``skinadv`` CLI, and what they share."""
+"""Command groups merged into the ``skinadv`` CLI, and what they share: the two consoles,
+error handling and every option more than one command takes (declared once, here)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
-from typing import Annotated
+from collections.abc import Iterator
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-# Piped output (CI logs, `| tee`) gets wide tables instead of rich's 80-column default,
-# which would cut service addresses and cell names.
-_WIDTH = None if sys.stderr.isatty() else 160
-console = Console(stderr=True, width=_WIDTH)
+
+def _width(stream: Any) -> int | None:
+    # Piped output (CI logs, `| tee`) gets wide tables instead of rich's 80-column default,
+    # which would cut service addresses, cell names and paths.
+    return None if stream.isatty() else 160
+
+
+#: Messages, progress and errors (stderr), so stdout stays clean for piping.
+console = Console(stderr=True, width=_width(sys.stderr))
+#: Results (tables) on stdout; ``--json`` output goes through ``print_json``.
+stdout_console = Console(width=_width(sys.stdout), highlight=False)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one clear ``error:`` line (no traceback); return the Exit for ``raise``."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
-# Options shared by `skinadv grid` and `skinadv serve` (one declaration, two commands).
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Bad input (data, config, arguments) -> ``error: ...``, exit 2; IO or numeric
+    failures -> exit 1. Never a traceback for what the user can fix."""
+    from skinadv.config import describe_error
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except ValueError as exc:  # DataError and pydantic's ValidationError are ValueErrors
+        raise fail(describe_error(exc), 2) from None
+    except (OSError, FloatingPointError) as exc:
+        raise fail(describe_error(exc), 1) from None
+
+
+def print_json(payload: Any) -> None:
+    """Machine-readable output: JSON alone on stdout."""
+    typer.echo(json.dumps(payload, indent=2, default=str))
+
+
 DataOpt = Annotated[
     str | None,
     typer.Option(
         "--data",
         "-d",
-        help="Data SPEC (default: $SKINADV_DATA, $SKINADV_HAM10000, else synthetic).",
+        help="Data SPEC: HAM10000 folder, hmnist CSV, dermamnist.npz, canonical .npz, "
+        "s3://bucket/key or synthetic[:N[:SEED]]. grid and serve fall back to "
+        "$SKINADV_HAM10000, else synthetic.",
+        envvar="SKINADV_DATA",
     ),
 ]
 PresetOpt = Annotated[str, typer.Option(help="Preset name (quick, paper) or YAML path.")]
-MethodsOpt = Annotated[str | None, typer.Option(help="Comma list, e.g. fgsm,pgd,mix.")]
-FractionsOpt = Annotated[str | None, typer.Option(help="Comma list, e.g. 0.2,0.4.")]
-SeedsOpt = Annotated[str | None, typer.Option(help="Comma list of seeds.")]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override, e.g. train.epochs=2 (repeatable).")
 ]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+MethodsOpt = Annotated[str | None, typer.Option(help="Comma list, e.g. fgsm,pgd,mix.")]
+FractionsOpt = Annotated[str | None, typer.Option(help="Comma list, e.g. 0.2,0.4.")]
+SeedsOpt = Annotated[str | None, typer.Option(help="Comma list of seeds.")]
 ExperimentOpt = Annotated[str, typer.Option(help="MLflow experiment name.")]
 ForceOpt = Annotated[bool, typer.Option(help="Retrain cells even if a finished run exists.")]

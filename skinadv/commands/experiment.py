@@ -1,52 +1,57 @@
 """CLI commands for the paper's experiment: ``train``, ``attack``, ``evaluate``.
 
-A Typer app the main ``skinadv`` CLI merges in. Every command prints a small rich table,
-or with ``--json`` machine-readable results only (on stdout). Bad input (data, config,
-arguments) gives one ``error: ...`` line on stderr and exit code 2; nothing is left
-half-written (models and npz files are written atomically, last).
+A Typer app the main ``skinadv`` CLI merges in. The science is ``skinadv.experiment``'s, the
+same functions the grid's tasks call, so a model trained here and a grid cell with the same
+settings share a config hash. Every command prints a small rich table, or with ``--json``
+machine-readable results only (on stdout). Bad input (data, config, arguments) gives one
+``error: ...`` line on stderr and exit code 2; nothing is left half-written (models and npz
+files are written atomically, last).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import sys
-from collections.abc import Iterator
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import torch
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from skinadv import experiment as exp
 from skinadv.attacks import ATTACKS, craft
+from skinadv.commands import (
+    DataOpt,
+    JsonOpt,
+    PresetOpt,
+    SetOpt,
+    console,
+    print_json,
+    stdout_console,
+    user_errors,
+)
 from skinadv.config import (
     AdvTrainConfig,
     ExperimentConfig,
-    config_hash,
-    describe_error,
+    check_fraction,
     load_preset,
     parse_overrides,
 )
 from skinadv.data import CLASSES
 from skinadv.data.io import atomic_write_npz
-from skinadv.evaluation import craft_transfer_sets, sanity_checks, score
-from skinadv.evaluation import evaluate as evaluate_model
+from skinadv.evaluation import sanity_checks, score
 from skinadv.models import load_model, save_model
+from skinadv.results import PROTOCOLS, ModelResult, cell_name
 from skinadv.training import (
     EpochStats,
     PreparedData,
     adversarial_pool,
     augment,
-    fit,
     prepare_data,
     select_device,
 )
-
-log = logging.getLogger(__name__)
 
 app = typer.Typer(
     add_completion=False,
@@ -54,37 +59,7 @@ app = typer.Typer(
     help="Train, attack and evaluate skin-lesion classifiers (paper protocol).",
 )
 
-#: data settings that define the split; a model remembers them so its test side is reused
-SPLIT_KEYS = ("size", "test_size", "seed", "group_by_lesion", "oversample", "subset")
-
-DataOpt = Annotated[
-    str,
-    typer.Option(
-        "--data",
-        help="Data SPEC: a HAM10000 folder, a .npz or .csv, s3://..., or synthetic:N:SEED.",
-    ),
-]
-PresetOpt = Annotated[str, typer.Option("--preset", help="Preset name (quick, paper) or YAML.")]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a setting, e.g. --set train.epochs=2 (repeatable)."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
-
-
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    """Bad input -> ``error: ...`` on stderr, exit 2; IO/numeric failures -> exit 1."""
-    try:
-        yield
-    except typer.Exit:
-        raise
-    except ValueError as exc:  # DataError and pydantic's ValidationError are ValueErrors
-        typer.echo(f"error: {describe_error(exc)}", err=True)
-        raise typer.Exit(2) from None
-    except (OSError, FloatingPointError) as exc:
-        typer.echo(f"error: {describe_error(exc)}", err=True)
-        raise typer.Exit(1) from None
+ModelOpt = Annotated[Path, typer.Option("--model", help="A model written by 'train'.")]
 
 
 def _config(
@@ -93,36 +68,25 @@ def _config(
     """The preset, then the model's own split settings, then --set, then --data."""
     overrides: dict[str, Any] = {}
     if base_data:
-        overrides.update({f"data.{k}": base_data[k] for k in SPLIT_KEYS if k in base_data})
+        overrides.update({f"data.{k}": base_data[k] for k in exp.SPLIT_KEYS if k in base_data})
     overrides.update(parse_overrides(sets or []))
     overrides["data.spec"] = data
     return load_preset(preset, overrides)
-
-
-def _emit_json(payload: dict[str, Any]) -> None:
-    typer.echo(json.dumps(payload, indent=2, default=str))
-
-
-def _console() -> Console:
-    return Console(highlight=False)
 
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
-def _metrics_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
+def _metrics_table(title: str, rows: list[tuple[str, Mapping[str, Any]]]) -> Table:
+    """One row per (label, ``metrics()`` dict)."""
     table = Table(title=title)
-    for col in ("set", "accuracy %", "balanced acc %", "macro F1 %", "mel recall %"):
-        table.add_column(col, justify="left" if col == "set" else "right")
+    table.add_column("set")
+    for col in ("accuracy %", "balanced acc %", "macro F1 %", "mel recall %"):
+        table.add_column(col, justify="right")
     for name, m in rows:
-        table.add_row(
-            name,
-            _pct(m["accuracy"]),
-            _pct(m["balanced_accuracy"]),
-            _pct(m["macro_f1"]),
-            _pct(m["recall"].get("mel")),
-        )
+        values = (m["accuracy"], m["balanced_accuracy"], m["macro_f1"], m["recall"].get("mel"))
+        table.add_row(name, *map(_pct, values))
     return table
 
 
@@ -130,25 +94,9 @@ def _short(m: dict[str, Any]) -> dict[str, Any]:
     return {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "recall")}
 
 
-def _check_same_split(
-    cfg: ExperimentConfig, meta: dict[str, Any], prep: PreparedData, what: str
-) -> None:
-    data = meta.get("data")
-    if not data:
-        return
-    diff = [k for k in SPLIT_KEYS if k in data and data[k] != getattr(cfg.data, k)]
-    if diff:
-        raise ValueError(
-            f"{what} was trained with other data settings "
-            f"({', '.join(f'{k}={data[k]}' for k in diff)}): use the same "
-            f"--preset/--set so its test side stays unseen"
-        )
-    fp = meta.get("data_fingerprint")
-    if fp and fp != prep.fingerprint:
-        raise ValueError(
-            f"{what} was trained on other data (fingerprint {fp}, this --data "
-            f"is {prep.fingerprint})"
-        )
+def _warn_synthetic(prep: PreparedData) -> None:
+    if prep.test.synthetic:
+        console.print("[yellow]synthetic data: these numbers say nothing about HAM10000[/]")
 
 
 @app.command()
@@ -157,115 +105,123 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Where to write the model (.pt + .json).")],
     preset: PresetOpt = "quick",
     set_: SetOpt = None,
-    adv_method: Annotated[
-        str | None, typer.Option("--adv-method", help="Adversarial augmentation: fgsm, pgd or mix.")
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Training seed, as one of grid's --seeds (default: train.seed)."),
     ] = None,
+    adv_method: Annotated[str | None, typer.Option(help="Augment with fgsm, pgd or mix.")] = None,
     adv_fraction: Annotated[
+        float | None, typer.Option(help="Share of the training set to augment, in (0, 1].")
+    ] = None,
+    pool_fraction: Annotated[
         float | None,
-        typer.Option("--adv-fraction", help="Share of the training set to augment, in (0, 1]."),
+        typer.Option(
+            help="Craft the pool for this fraction, as the grid does for its largest "
+            "(default: --adv-fraction); the cell takes --adv-fraction of it."
+        ),
     ] = None,
     source_model: Annotated[
-        Path | None,
-        typer.Option(
-            "--source-model", help="The vanilla model the adversarial examples are crafted against."
-        ),
+        Path | None, typer.Option(help="The vanilla model the pool is crafted against.")
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a freshly initialised model (vanilla, or with static adversarial augmentation)."""
-    with _user_errors():
+    with user_errors():
         cfg = _config(preset, set_, data)
+        seed = cfg.train.seed if seed is None else seed
         adv = None
         if adv_method is not None or adv_fraction is not None:
             if adv_method is None or adv_fraction is None:
                 raise ValueError("--adv-method and --adv-fraction go together")
             adv = AdvTrainConfig(method=adv_method, fraction=adv_fraction)
+            pool_fraction = adv.fraction if pool_fraction is None else pool_fraction
+            if check_fraction(pool_fraction) < adv.fraction:
+                raise ValueError(f"--pool-fraction {pool_fraction} is below --adv-fraction")
             if source_model is None:
                 raise ValueError("--adv-method needs --source-model (the vanilla model)")
-        elif source_model is not None:
-            raise ValueError("--source-model is only used with --adv-method/--adv-fraction")
+        elif source_model is not None or pool_fraction is not None:
+            raise ValueError("--source-model and --pool-fraction go with --adv-method")
         if out.suffix != ".pt":
             raise ValueError(f"--out {out}: a model file must end in .pt")
         device = select_device(cfg.train.device)
         prep = prepare_data(cfg.data)
-        x, y = prep.train.to_float()
-        n_adv = 0
+        vanilla_hash = exp.vanilla_hash(cfg, prep.fingerprint, seed)
+        train_set: Any = prep.train
+        n_adv, cell = 0, {"cell": "vanilla", "config_hash": vanilla_hash}
         if adv is not None:
             src, src_meta = load_model(source_model, device)
-            _check_same_split(cfg, src_meta, prep, f"--source-model {source_model}")
-            pool = adversarial_pool(
-                src,
-                x,
-                y,
-                method=adv.method,
-                fraction=adv.fraction,
-                attack_cfg=cfg.attack,
-                seed=cfg.train.seed,
-            )
-            x, y = augment(x, y, pool, adv.fraction)
-            n_adv = len(pool)
+            what = f"--source-model {source_model}"
+            exp.check_model_data(src_meta, cfg, prep.fingerprint, what)
+            exp.check_vanilla(src_meta, vanilla_hash, what)
+            x, y = prep.train.to_float()
+            kw = {"attack_cfg": cfg.attack, "seed": seed}
+            pool = adversarial_pool(src, x, y, method=adv.method, fraction=pool_fraction, **kw)
+            train_set = augment(x, y, pool, adv.fraction)
+            n_adv = len(train_set[1]) - len(y)
+            h = exp.cell_hash(vanilla_hash, cfg, adv.method, adv.fraction, seed, pool_fraction)
+            cell = {
+                "cell": cell_name(adv.method, adv.fraction),
+                "config_hash": h,
+                "vanilla_hash": vanilla_hash,
+                "method": adv.method,
+                "fraction": adv.fraction,
+                "pool_fraction": pool_fraction,
+            }
 
         def on_epoch(s: EpochStats) -> None:
             if not json_out:
-                typer.echo(
+                console.print(
                     f"epoch {s.epoch}/{cfg.train.epochs}: loss {s.loss:.4f}, "
                     f"train acc {100 * s.train_acc:.2f} %, {s.seconds:.1f} s",
-                    err=True,
+                    highlight=False,
                 )
 
-        result = fit(cfg.model, (x, y), cfg.train, on_epoch=on_epoch)
+        result = exp.train_model(cfg, train_set, seed=seed, on_epoch=on_epoch)
         xt, yt = prep.test.to_float()
         clean = score(result.model, xt, yt)
+        summary = {
+            **cell,
+            "seed": seed,
+            "adv": adv.model_dump() if adv else None,
+            "synthetic": prep.test.synthetic,
+            "test_clean": _short(clean),
+        }
         meta = {
-            "image_size": cfg.data.size,
-            "class_names": list(CLASSES),
+            **summary,
             "preset": cfg.name,
             "data": cfg.data.model_dump(),
             "train": cfg.train.model_dump(),
             "attack": cfg.attack.model_dump(),
-            "adv": adv.model_dump() if adv else None,
             "source_model": str(source_model) if source_model else None,
             "data_fingerprint": prep.fingerprint,
-            "synthetic": prep.test.synthetic,
-            "config_hash": config_hash(
-                {"cfg": cfg.model_dump(mode="json"), "adv": adv.model_dump() if adv else None}
-            ),
             "history": [s.as_dict() for s in result.history],
-            "test_clean": _short(clean),
         }
-        save_model(result.model, out, meta)
+        save_model(result.model, out, {"image_size": cfg.data.size, **meta})
     payload = {
         "model": str(out),
+        **summary,
         "n_train": result.n_train,
         "n_adversarial": n_adv,
         "n_test": len(prep.test),
         "seconds": round(result.seconds, 2),
         "final_loss": result.final.loss,
         "final_train_acc": result.final.train_acc,
-        "test_clean": _short(clean),
-        "adv": meta["adv"],
-        "synthetic": meta["synthetic"],
-        "config_hash": meta["config_hash"],
     }
     if json_out:
-        _emit_json(payload)
+        print_json(payload)
         return
-    con = _console()
-    kind = "vanilla" if adv is None else f"{adv.method} {adv.fraction:g}"
-    con.print(
-        _metrics_table(f"{kind} model, test set ({len(prep.test)} images)", [("clean", clean)])
-    )
-    con.print(
+    title = f"{cell['cell']} model (seed {seed}), test set ({len(prep.test)} images)"
+    stdout_console.print(_metrics_table(title, [("clean", clean)]))
+    stdout_console.print(
         f"trained on {result.n_train} images ({n_adv} adversarial) in "
-        f"{result.seconds:.1f} s -> {out}"
+        f"{result.seconds:.1f} s -> {out}\nconfig hash {cell['config_hash']}"
     )
-    if prep.test.synthetic:
-        con.print("[yellow]synthetic data: these numbers say nothing about HAM10000[/]")
+    _warn_synthetic(prep)
 
 
 @app.command()
 def attack(
-    model: Annotated[Path, typer.Option("--model", help="A model written by 'train'.")],
+    model: ModelOpt,
     data: DataOpt,
     attack_name: Annotated[str, typer.Option("--attack", help="fgsm, pgd or mifgsm.")] = "pgd",
     eps: Annotated[float | None, typer.Option("--eps", help="Budget, [0, 1] pixels.")] = None,
@@ -280,7 +236,7 @@ def attack(
     json_out: JsonOpt = False,
 ) -> None:
     """Attack a model on its test split and score it (white-box)."""
-    with _user_errors():
+    with user_errors():
         if attack_name not in ATTACKS:
             raise ValueError(f"unknown attack {attack_name!r}; choose one of {', '.join(ATTACKS)}")
         if out is not None and out.suffix != ".npz":
@@ -296,32 +252,25 @@ def attack(
             kwargs[flag] = value
         # check the settings before any work (the attack's own validation)
         cfg.attack.model_validate({**cfg.attack.model_dump(), attack_name: kwargs})
-        device = select_device(cfg.train.device)
-        net.to(device)
+        net.to(select_device(cfg.train.device))
         prep = prepare_data(cfg.data)
-        _check_same_split(cfg, meta, prep, f"--model {model}")
+        exp.check_model_data(meta, cfg, prep.fingerprint, f"--model {model}")
         xt, yt = prep.test.to_float()
-        x_adv = craft(
-            net,
-            xt,
-            yt,
-            attack_name,
-            batch_size=cfg.attack.batch_size,
-            seed=cfg.train.seed,
-            **kwargs,
-        )
+        seed = int(meta.get("seed", cfg.train.seed))  # the model's: it seeds the attacks
+        batch = cfg.attack.batch_size
+        x_adv = craft(net, xt, yt, attack_name, batch_size=batch, seed=seed, **kwargs)
+        spec = {"attack": attack_name, **kwargs}
         clean, adv = score(net, xt, yt), score(net, x_adv, yt)
         linf = float((x_adv - torch.from_numpy(xt)).abs().max())
         if out is not None:
             adv_np = x_adv.numpy()
+            pixels = np.clip(np.rint(adv_np.transpose(0, 2, 3, 1) * 255), 0, 255)
             arrays = {
-                "images": np.clip(np.rint(adv_np.transpose(0, 2, 3, 1) * 255), 0, 255).astype(
-                    np.uint8
-                ),
+                "images": pixels.astype(np.uint8),
                 "labels": yt,
                 "class_names": np.array(CLASSES),
                 "x_adv": adv_np,
-                "attack": np.array(json.dumps({"attack": attack_name, **kwargs})),
+                "attack": np.array(json.dumps(spec)),
             }
             if prep.test.image_id is not None:
                 arrays["image_id"] = prep.test.image_id.astype(str)
@@ -330,7 +279,9 @@ def attack(
             atomic_write_npz(out, **arrays)
     payload = {
         "model": str(model),
-        "attack": {"attack": attack_name, **kwargs},
+        "config_hash": meta.get("config_hash"),
+        "attack": spec,
+        "seed": seed,
         "n_test": len(prep.test),
         "clean": _short(clean),
         "adversarial": _short(adv),
@@ -339,119 +290,111 @@ def attack(
         "synthetic": prep.test.synthetic,
     }
     if json_out:
-        _emit_json(payload)
+        print_json(payload)
         return
-    con = _console()
     settings = ", ".join(f"{k}={v}" for k, v in kwargs.items())
-    con.print(
-        _metrics_table(
-            f"white-box {attack_name} ({settings}) on {len(prep.test)} test images",
-            [("clean", clean), (attack_name, adv)],
-        )
-    )
+    title = f"white-box {attack_name} ({settings}) on {len(prep.test)} test images"
+    stdout_console.print(_metrics_table(title, [("clean", clean), (attack_name, adv)]))
     if out is not None:
-        con.print(f"adversarial images -> {out}")
+        stdout_console.print(f"adversarial images -> {out}")
+    _warn_synthetic(prep)
 
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", help="A model written by 'train'.")],
+    model: ModelOpt,
     data: DataOpt,
     protocol: Annotated[
         str,
         typer.Option(
-            "--protocol",
-            help="transfer (test sets crafted against --source-model), whitebox "
-            "(attacks re-run against --model), or both.",
+            help="transfer (sets crafted against --source-model), whitebox "
+            "(attacks re-run against --model), or both."
         ),
     ] = "both",
     source_model: Annotated[
-        Path | None,
-        typer.Option(
-            "--source-model",
-            help="The vanilla model for the transfer protocol (default: --model itself).",
-        ),
+        Path | None, typer.Option(help="The vanilla model for transfer (default: --model).")
     ] = None,
     preset: PresetOpt = "quick",
     set_: SetOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Score a model on clean, FGSM and PGD test sets under the transfer / white-box protocols."""
-    with _user_errors():
-        protocols = {
-            "both": ("transfer", "whitebox"),
-            "transfer": ("transfer",),
-            "whitebox": ("whitebox",),
-        }.get(protocol)
-        if protocols is None:
+    """Score a model on clean, FGSM and PGD test sets under the transfer / white-box protocols.
+
+    With --json: ``ModelResult.to_dict()`` (only the protocols asked for), plus the model,
+    its transfer source, flat ``results`` and the sanity ``checks``.
+    """
+    with user_errors():
+        protocols = PROTOCOLS if protocol == "both" else (protocol,)
+        if protocol != "both" and protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; choose transfer, whitebox or both")
         net, meta = load_model(model)
         cfg = _config(preset, set_, data, meta.get("data"))
         device = select_device(cfg.train.device)
         net.to(device)
         prep = prepare_data(cfg.data)
-        _check_same_split(cfg, meta, prep, f"--model {model}")
-        source, source_path = net, model
+        exp.check_model_data(meta, cfg, prep.fingerprint, f"--model {model}")
+        method, fraction = exp.model_cell(meta)
+        seed = int(meta.get("seed", cfg.train.seed))  # the model's: it seeds the attacks
+        source, source_path, source_seed = net, model, seed
         if source_model is not None and "transfer" in protocols:
             source, src_meta = load_model(source_model, device)
-            _check_same_split(cfg, src_meta, prep, f"--source-model {source_model}")
+            exp.check_model_data(src_meta, cfg, prep.fingerprint, f"--source-model {source_model}")
             source_path = source_model
-        xt, yt = prep.test.to_float()
-        attacks = cfg.attack.specs(("fgsm", "pgd"))
-        kw = {"batch_size": cfg.attack.batch_size, "seed": cfg.train.seed}
-        results: dict[str, Any] = {}
+            source_seed = int(src_meta.get("seed", seed))  # as the grid crafts them
+            if meta.get("vanilla_hash") not in (None, src_meta.get("config_hash")):
+                console.print(f"[yellow]note:[/] {source_model} is not {model}'s vanilla model")
+        sets = None
         if "transfer" in protocols:
-            sets = craft_transfer_sets(source, xt, yt, attacks, **kw)
-            results["transfer"] = evaluate_model(
-                net, xt, yt, attacks=attacks, protocol="transfer", transfer_sets=sets, **kw
+            sets = exp.transfer_sets(cfg, source, prep.test, seed=source_seed)
+        both, result = protocols == PROTOCOLS, None
+        if both and (source is net or method is not None):
+            # the grid's path; a vanilla model's own transfer sets are its white-box attacks
+            result = exp.evaluate_both(
+                cfg, net, prep.test, sets, method=method, fraction=fraction, seed=seed
             )
-        if "whitebox" in protocols:
-            results["whitebox"] = evaluate_model(
-                net, xt, yt, attacks=attacks, protocol="whitebox", **kw
-            )
-        checks = sanity_checks({"models": {model.stem: results}})
-    payload = {
+        else:  # one protocol, or a vanilla model scored on another model's transfer sets
+            evals = {
+                p: exp.score_protocol(cfg, net, prep.test, p, sets=sets, seed=seed)
+                for p in protocols
+            }
+            if both:
+                cell = cell_name(method, fraction)
+                result = ModelResult(cell, seed, method=method, fraction=fraction, **evals)
+        evals = result.evaluations() if result else evals
+        checks = sanity_checks([result]) if result else []  # the checks compare protocols
+    # ModelResult.to_dict(); for one protocol, the same shape with that protocol alone
+    payload = result.to_dict() if result else {"cell": cell_name(method, fraction), "seed": seed}
+    if result is None:
+        payload |= {"method": method, "fraction": fraction, "run_id": None}
+        payload["evaluation"] = {p: ev.to_dict() for p, ev in evals.items()}
+    payload |= {
         "model": str(model),
+        "config_hash": meta.get("config_hash"),
         "source_model": str(source_path),
         "n_test": len(prep.test),
         "synthetic": prep.test.synthetic,
-        "attacks": attacks,
+        "attacks": exp.attack_specs(cfg),
         "results": {
             p: {
                 k: _short(m) | {"confusion_matrix": m["confusion_matrix"]}
-                for k, m in ev["metrics"].items()
+                for k, m in ev.metrics.items()
             }
-            for p, ev in results.items()
+            for p, ev in evals.items()
         },
         "checks": [c.as_dict() for c in checks],
     }
     if json_out:
-        _emit_json(payload)
+        print_json(payload)
         return
-    con = _console()
-    rows = [
-        (f"{p} / {k}" if k != "clean" else "clean", m)
-        for p, ev in results.items()
-        for k, m in ev["metrics"].items()
-        if k != "clean" or p == next(iter(results))
-    ]
-    con.print(
-        _metrics_table(
-            f"{model.name} on {len(prep.test)} test images "
-            f"(transfer source: {Path(source_path).name})",
-            rows,
-        )
+    first = next(iter(evals.values()))
+    rows = [("clean", first.metrics["clean"])]
+    rows += [(f"{p} / {a}", ev.metrics[a]) for p, ev in evals.items() for a in ev.attack_names]
+    title = (
+        f"{model.name}: {payload['cell']} (seed {seed}, config {meta.get('config_hash')}) on "
+        f"{len(prep.test)} test images (transfer source: {Path(source_path).name})"
     )
+    stdout_console.print(_metrics_table(title, rows))
     for c in checks:
         style = "green" if c.ok else "yellow"
-        con.print(f"[{style}]{c.status}[/] {c.name}: {c.detail}", soft_wrap=True)
-    if prep.test.synthetic:
-        con.print("[yellow]synthetic data: these numbers say nothing about HAM10000[/]")
-
-
-def main() -> None:  # pragma: no cover - for `python -m skinadv.commands.experiment`
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+        stdout_console.print(f"[{style}]{c.status}[/] {c.name}: {c.detail}", soft_wrap=True)
+    _warn_synthetic(prep)

@@ -6,8 +6,11 @@ import, so ``flows.grid`` is imported inside the command, after ``Stack.start()`
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Annotated
@@ -59,6 +62,43 @@ def _flush_prefect_logs() -> None:
         pass
 
 
+def _logs_to_file(path: Path) -> None:
+    """Prefect's, Ray's, MLflow's and skinadv's log records go to ``path``, not the screen
+    (Prefect's console handler sits on the root logger, Ray's on the ``ray`` logger)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("", "ray"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                lg.removeHandler(h)
+        lg.addHandler(handler)
+    logging.getLogger("skinadv").setLevel(logging.INFO)
+    logging.captureWarnings(True)
+
+
+def _print_outcome(outcome, seconds: float) -> None:
+    from skinadv.report import results_table
+
+    console.print(results_table(outcome.results))
+    for check in outcome.checks:
+        colour = "green" if check.ok else "yellow"
+        cells = f" [dim]({', '.join(check.cells)})[/]" if getattr(check, "cells", ()) else ""
+        console.print(
+            f"[{colour}]{check.status.upper()}[/] {check.name}: {check.detail}{cells}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if len({r.seed for r in outcome.results}) < 2:
+        console.print("[yellow]note:[/] one seed is not a result: rerun with --seeds 0,1,2")
+    console.print(
+        f"grid done in {seconds:.0f} s: {len(outcome.trained)} trained, "
+        f"{len(outcome.reused)} reused; report: {outcome.out_dir}/report.html",
+        soft_wrap=True,
+    )
+
+
 @app.command("grid")
 def grid(
     data: DataOpt = None,
@@ -76,6 +116,9 @@ def grid(
     out: Annotated[
         Path | None, typer.Option(help="Report folder (default RUN_DIR/report/EXPERIMENT).")
     ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show Prefect, Ray and MLflow logs too.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run the methods x fractions grid: Prefect flow, Ray workers, MLflow runs, report."""
@@ -85,14 +128,24 @@ def grid(
     why = "given"
     if data is None:
         data, why = default_data()
+    params = {
+        "preset": str(preset),
+        "data": data,
+        "methods": _split_list(methods),
+        "fractions": _split_list(fractions, float),
+        "seeds": _split_list(seeds, int),
+        "overrides": set_ or [],
+        "experiment": experiment,
+        "force": force,
+        "workdir": str(run_dir.resolve() / "work"),
+        "out_dir": str(out.resolve()) if out else None,
+    }
     try:
         cfg = grid_config(
-            preset,
-            data=data,
-            methods=_split_list(methods),
-            fractions=_split_list(fractions, float),
-            seeds=_split_list(seeds, int),
-            overrides=set_ or [],
+            **{
+                k: params[k]
+                for k in ("preset", "data", "methods", "fractions", "seeds", "overrides")
+            }
         )
         kind = detect(cfg.data.spec)
     except (DataError, ValueError) as exc:
@@ -101,58 +154,68 @@ def grid(
     console.print(
         f"[bold]grid[/]: preset {cfg.name}, {label}: {cfg.data.spec} ({why}); "
         f"{len(cfg.methods)} methods x {len(cfg.fractions)} fractions x "
-        f"{len(cfg.seeds)} seed(s)"
+        f"{len(cfg.seeds)} seed(s)",
+        soft_wrap=True,
     )
 
     from skinadv.stack import Stack, StackError
 
     run_dir = run_dir.resolve()
+    log_file = run_dir / "logs" / "grid.log"
     t0 = time.perf_counter()
     try:
         with Stack(run_dir, console=console) as stack:
             stack.print_addresses(console)
-            from flows.grid import grid_flow, make_task_runner
+            from flows.grid import GridParams, grid_flow, make_task_runner
+            from skinadv.commands.progress import GridProgress
+            from tasks.grid import model_label
 
-            runner = make_task_runner(stack.ray_address, stack.ray_runtime_env()["env_vars"])
+            if not verbose:
+                _logs_to_file(log_file)
+                console.print(f"logs: {log_file} (--verbose shows them here)", soft_wrap=True)
+            runner = make_task_runner(
+                stack.ray_address, stack.ray_runtime_env()["env_vars"], log_to_driver=verbose
+            )
+            name = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+            labels = [
+                model_label(m, f, s)
+                for s in cfg.seeds
+                for m, f in [(None, None), *itertools.product(cfg.methods, cfg.fractions)]
+            ]
             try:
-                result = grid_flow.with_options(task_runner=runner)(
-                    preset=str(preset),
-                    data=cfg.data.spec,
-                    methods=cfg.methods,
-                    fractions=cfg.fractions,
-                    seeds=cfg.seeds,
-                    overrides=set_ or [],
-                    experiment=experiment,
-                    force=force,
-                    workdir=str(run_dir / "work"),
-                    out_dir=str(out.resolve()) if out else str(run_dir / "report" / experiment),
-                )
+                with GridProgress(labels, name, console):
+                    outcome = grid_flow.with_options(task_runner=runner, flow_run_name=name)(
+                        GridParams(**params)
+                    )
             finally:
                 _flush_prefect_logs()
     except StackError as exc:
         raise fail(str(exc), 1) from None
     except KeyboardInterrupt:
-        console.print("interrupted: services stopped; rerun to resume (finished cells are reused)")
+        console.print("interrupted: services stopped; rerun to resume (finished models are reused)")
         raise typer.Exit(130) from None
-    except Exception as exc:  # the flow failed: Prefect has printed the task tracebacks
-        raise fail(f"grid failed: {describe_error(exc)}", 1) from None
+    except Exception as exc:  # the flow failed; the tracebacks are in the log file
+        where = f" (details: {log_file})" if not verbose else ""
+        raise fail(f"grid failed: {describe_error(exc)}{where}", 1) from None
     seconds = time.perf_counter() - t0
     if as_json:
         print(
             json.dumps(
                 {
-                    **{k: v for k, v in result.items() if k != "records"},
-                    "records": result["records"],
+                    "parent_run_id": outcome.parent_run_id,
+                    "out_dir": outcome.out_dir,
+                    "trained": outcome.trained,
+                    "reused": outcome.reused,
+                    "failed": [],
+                    "records": [r.record() for r in outcome.results],
+                    "report_files": outcome.files,
                     "seconds": round(seconds, 1),
                     "startup_seconds": stack.startup_seconds,
                 }
             )
         )
         return
-    console.print(
-        f"grid done in {seconds:.0f} s: {len(result['trained'])} trained, "
-        f"{len(result['reused'])} reused; report: {result['out_dir']}/report.html"
-    )
+    _print_outcome(outcome, seconds)
 
 
 @app.command("report")
@@ -182,32 +245,33 @@ def report(
         )
     try:
         with Stack(run_dir, prefect=False, ray=False, console=console):
-            from skinadv import experiment as exp
             from skinadv import tracking
+            from skinadv.evaluation.checks import sanity_checks
             from skinadv.report import build_report, save_report
 
             try:
                 parent = tracking.latest_parent(experiment)
-                records, evals, sweeps = tracking.load_results(tracking.cell_run_ids(parent))
+                results, sweeps = tracking.load_results(tracking.cell_run_ids(parent))
             except ValueError as exc:
                 raise fail(str(exc)) from None
             rep = build_report(
-                records,
+                results,
                 title=f"skinadv grid: {experiment}",
                 context={
                     "experiment": experiment,
                     "parent run": parent.info.run_id,
                     "data": parent.data.params.get("data", "?"),
                 },
-                checks=exp.run_sanity_checks(evals, sweeps),
+                checks=sanity_checks(results, sweeps),
+                sweeps=sweeps,
             )
             dest = (out or run_dir / "report" / f"{experiment}-from-mlflow").resolve()
             save_report(rep, dest)
     except StackError as exc:
         raise fail(str(exc), 1) from None
-    from skinadv.report import records_table
+    from skinadv.report import results_table
 
-    console.print(records_table(records))
+    console.print(results_table(results))
     for note in rep.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"report rebuilt from MLflow: {dest}/report.html")

@@ -10,7 +10,7 @@ imported after ``Stack.start()``: Prefect reads ``PREFECT_API_URL`` at import.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -122,23 +122,20 @@ def serve(
         raise fail(describe_error(exc)) from None
     run_dir = run_dir.resolve()
     # only what was given: a run from the UI with another preset keeps that preset's axes
-    parameters: dict[str, Any] = {
-        "preset": str(preset),
-        "data": cfg.data.spec,
-        "overrides": set_ or [],
-        "experiment": experiment,
-        "force": force,
-        "workdir": str(run_dir / "work"),
-    }
-    for key, value in (
-        ("methods", method_list),
-        ("fractions", fraction_list),
-        ("seeds", seed_list),
-    ):
-        if value:
-            parameters[key] = value
-    if out is not None:
-        parameters["out_dir"] = str(out.resolve())
+    from flows.grid import GridParams
+
+    params = GridParams(
+        preset=str(preset),
+        data=cfg.data.spec,
+        methods=method_list,
+        fractions=fraction_list,
+        seeds=seed_list,
+        overrides=set_ or [],
+        experiment=experiment,
+        force=force,
+        workdir=str(run_dir / "work"),
+        out_dir=str(out.resolve()) if out else None,
+    )
     label = "SYNTHETIC data (not real lesions)" if kind == "synthetic" else f"{kind} data"
     console.print(
         f"[bold]serve[/]: preset {cfg.name}, {label}: {cfg.data.spec} ({why}); "
@@ -153,7 +150,7 @@ def serve(
             from flows.deployments import grid_deployment, serve_grid
 
             deployment = grid_deployment(
-                parameters,
+                params,
                 name=name,
                 cron=cron,
                 ray_address=stack.ray_address,
@@ -165,7 +162,7 @@ def serve(
                 f"deployment [bold]skinadv-grid/{name}[/]: "
                 f"{ui}/deployments/deployment/{deployment_id}\nstart a run there or "
                 f"with: prefect deployment run 'skinadv-grid/{name}' "
-                f"--param experiment=...",
+                f"--params '{{\"params\": {{...}}}}' (a whole GridParams object)",
                 soft_wrap=True,
             )
             console.print("serving; press Ctrl-C to stop")

@@ -1,4 +1,4 @@
-"""Small file helpers: atomic writes (nothing half-written is ever left behind)."""
+"""Small file helpers: the cache folder and atomic writes (nothing is left half-written)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+
+def default_cache_dir() -> Path:
+    """The cache root: ``$SKINADV_CACHE_DIR``, else ``~/.cache/skinadv``.
+
+    Returns:
+        The folder under which resized images and ``s3://`` downloads are cached.
+    """
+    return Path(os.environ.get("SKINADV_CACHE_DIR") or Path.home() / ".cache" / "skinadv")
 
 
 def _umask_mode() -> int:

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from skinadv.data.dataset import DataError
+from skinadv.data.io import atomic_write_bytes, default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,6 @@ def fetch(uri: str, *, cache_dir: str | os.PathLike | None = None) -> str:
             endpoint unreachable, or a download that fails its length or MD5 check.
     """
     import botocore.exceptions
-
-    from skinadv.data.io import atomic_write_bytes
-    from skinadv.data.sources import default_cache_dir
 
     bucket, key = parse_s3_uri(uri)
     client = _client()

@@ -31,7 +31,8 @@ from skinadv.data.dataset import (
     to_uint8,
     validate_arrays,
 )
-from skinadv.data.io import atomic_write_npz
+from skinadv.data.io import atomic_write_npz, default_cache_dir
+from skinadv.data.s3 import fetch
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,6 @@ ACCEPTED_FORMS = (
 _RESIZE_VERSION = "lanczos-v1"
 # A progress callback: (done, total) -> None. The CLI passes a rich progress bar.
 Progress = Callable[[int, int], None]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("SKINADV_CACHE_DIR") or Path.home() / ".cache" / "skinadv")
 
 
 def describe_accepted() -> str:
@@ -128,8 +125,6 @@ def load_dataset(
         n, seed = parse_synthetic_spec(spec)
         return synthetic(n=n, size=size, seed=seed)
     if kind == "s3":
-        from skinadv.data.s3 import fetch
-
         return load_dataset(
             fetch(spec, cache_dir=cache_dir), size=size, cache_dir=cache_dir, progress=progress
         )

@@ -14,10 +14,10 @@ from torch import Tensor, nn
 from skinadv.attacks import craft, eval_mode
 from skinadv.attacks.craft import as_tensor, resolve_attack
 from skinadv.evaluation.metrics import metrics
+from skinadv.results import PROTOCOLS, Evaluation
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("transfer", "whitebox")
 #: An attack for ``evaluate``: a spec ``{"attack": "pgd", "eps": 0.3, ...}`` or a callable
 #: ``fn(model, x, y) -> x_adv`` (e.g. ``functools.partial(pgd, eps=0.3, alpha=0.2, steps=10)``).
 AttackSpec = Mapping[str, Any] | Callable[..., Tensor]
@@ -148,7 +148,7 @@ def evaluate(
     device: str | torch.device | None = None,
     seed: int | None = 0,
     progress: Any = None,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Metrics on clean data and under each attack.
 
     Args:
@@ -164,20 +164,15 @@ def evaluate(
         batch_size, device, seed, progress: passed to ``craft``.
 
     Returns:
-        ``{"protocol", "n", "metrics": {"clean": {...}, name: {...}}, "attacks": {name:
-        settings}}`` where each metrics dict is ``metrics()``'s.
+        an ``Evaluation``: ``metrics`` is ``{"clean": metrics(), name: metrics()}``,
+        ``attacks`` is ``{name: settings}``.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     xt, yt = as_tensor(x, torch.float32), as_tensor(y, torch.long)
     attacks = dict(attacks or {})
-    result: dict[str, Any] = {
-        "protocol": protocol,
-        "n": int(xt.shape[0]),
-        "metrics": {},
-        "attacks": {k: describe_attack(v) for k, v in attacks.items()},
-    }
-    result["metrics"]["clean"] = score(model, xt, yt, device=device)
+    scores: dict[str, dict[str, Any]] = {"clean": score(model, xt, yt, device=device)}
+    settings = {k: describe_attack(v) for k, v in attacks.items()}
     if protocol == "transfer":
         if transfer_sets is None:
             if source_model is None or not attacks:
@@ -202,8 +197,8 @@ def evaluate(
                     f"transfer set {name!r} has shape {tuple(xa.shape)}, the test "
                     f"set {tuple(xt.shape)}"
                 )
-            result["metrics"][name] = score(model, xa, yt, device=device)
-            result["attacks"].setdefault(name, {"attack": name})
+            scores[name] = score(model, xa, yt, device=device)
+            settings.setdefault(name, {"attack": name})
     else:
         if not attacks:
             raise ValueError("the whitebox protocol needs attacks to run")
@@ -218,6 +213,6 @@ def evaluate(
                 seed=seed,
                 progress=progress,
             )
-            result["metrics"][name] = score(model, x_adv, yt, device=device)
-    log.info("%s: %s", protocol, {k: round(v["accuracy"], 4) for k, v in result["metrics"].items()})
-    return result
+            scores[name] = score(model, x_adv, yt, device=device)
+    log.info("%s: %s", protocol, {k: round(v["accuracy"], 4) for k, v in scores.items()})
+    return Evaluation(protocol, int(xt.shape[0]), scores, settings)

@@ -1,135 +1,312 @@
-"""Report: tables carry the records' numbers, notes flag protocol gaps, files are written."""
+"""Report: tables carry the results' numbers, sentences come from them, each sanity check
+is shown once with the models it concerns, headers are human, files are written."""
 
 from __future__ import annotations
+
+import itertools
+import re
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
 
+from skinadv.evaluation import Check, craft_transfer_sets, evaluate, sanity_checks
 from skinadv.report import (
+    PAPER_VANILLA,
     Example,
     build_report,
-    flatten_metrics,
-    records_frame,
-    records_table,
+    results_frame,
+    results_table,
     save_report,
     table2,
 )
+from skinadv.results import Evaluation, ModelResult, cell_name
+
+ATTACKS = {"fgsm": {"attack": "fgsm", "eps": 0.2}, "pgd": {"attack": "pgd", "eps": 0.3}}
+CELLS = [(m, f) for m in ("fgsm", "pgd", "mix") for f in (0.2, 0.4, 0.6, 0.8)]
 
 
-def record(method, fraction, seed=0, *, clean=0.6, t_fgsm=0.5, t_pgd=0.4, w_fgsm=0.3, w_pgd=0.1):
-    nested = {
-        "transfer": {
-            "clean": {
-                "accuracy": clean,
-                "balanced_accuracy": clean - 0.1,
-                "recall": {"mel": 0.42, "nv": 0.9},
-            },
-            "fgsm": {"accuracy": t_fgsm, "balanced_accuracy": t_fgsm - 0.1},
-            "pgd": {"accuracy": t_pgd, "balanced_accuracy": t_pgd - 0.1},
-        },
-        "whitebox": {
-            "fgsm": {"accuracy": w_fgsm, "balanced_accuracy": w_fgsm - 0.1},
-            "pgd": {"accuracy": w_pgd, "balanced_accuracy": w_pgd - 0.1},
-        },
-    }
-    return {
-        "cell": f"{method}@{fraction}",
-        "method": method,
-        "fraction": fraction,
-        "seed": seed,
-        **flatten_metrics(nested),
-    }
+def _m(acc: float, **extra) -> dict:
+    return {"accuracy": acc, "balanced_accuracy": acc - 0.1, **extra}
 
 
-def grid_records():
-    recs = [record(None, None)]
+def result(
+    method, fraction, seed=0, *, clean=0.6, t_fgsm=0.5, t_pgd=0.4, w_fgsm=0.3, w_pgd=0.1
+) -> ModelResult:
+    """A ModelResult built from Evaluations (balanced accuracy = accuracy - 0.1)."""
+    clean_m = _m(clean, recall={"mel": 0.42, "nv": 0.9})
+    tr = Evaluation(
+        "transfer", 100, {"clean": clean_m, "fgsm": _m(t_fgsm), "pgd": _m(t_pgd)}, ATTACKS
+    )
+    wb = Evaluation(
+        "whitebox", 100, {"clean": clean_m, "fgsm": _m(w_fgsm), "pgd": _m(w_pgd)}, ATTACKS
+    )
+    return ModelResult(cell_name(method, fraction), seed, tr, wb, method, fraction)
+
+
+def grid_results() -> list[ModelResult]:
+    out = [result(None, None)]
     rng = np.random.default_rng(0)
-    for m in ("fgsm", "pgd", "mix"):
-        for f in (0.2, 0.4, 0.6, 0.8):
-            a = float(rng.uniform(0.3, 0.7))
-            recs.append(
-                record(m, f, clean=a, t_fgsm=a - 0.01, t_pgd=a - 0.02, w_fgsm=0.05, w_pgd=0.01)
-            )
-    return recs
+    for m, f in CELLS:
+        a = float(rng.uniform(0.3, 0.7))
+        out.append(result(m, f, clean=a, t_fgsm=a - 0.01, t_pgd=a - 0.02, w_fgsm=0.05, w_pgd=0.01))
+    return out
 
 
-def test_flatten_reads_mel_recall():
-    flat = record(None, None)
-    assert flat["clean_mel_recall"] == pytest.approx(0.42)
-    assert flat["whitebox_pgd_accuracy"] == pytest.approx(0.1)
+def report(results, **kw):
+    kw.setdefault("checks", sanity_checks(results))
+    return build_report(results, title=kw.pop("title", "t"), context=kw.pop("context", {}), **kw)
 
 
-def test_tables_equal_records_and_pick_best_split(tmp_path):
-    recs = grid_records()
-    rep = build_report(recs, title="t", context={"data": "synthetic"})
-    t1 = rep.tables["table1_vanilla"]
-    assert t1.loc["transfer", "fgsm_acc"] == pytest.approx(50.0)
-    assert t1.loc["whitebox", "pgd_acc"] == pytest.approx(10.0)
-    assert t1.loc["paper", "clean_acc"] == pytest.approx(70.19)
+class _Headers(HTMLParser):
+    """Every table's header cells (text and title attribute) and first-row cells."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[dict[str, list]] = []
+        self._cell: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append({"th": [], "titles": [], "td": []})
+        elif tag in ("th", "td"):
+            self._cell = tag
+            self.tables[-1][tag].append("")
+            if tag == "th":
+                self.tables[-1]["titles"].append(dict(attrs).get("title"))
+
+    def handle_endtag(self, tag):
+        if tag in ("th", "td"):
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell:
+            self.tables[-1][self._cell][-1] += data
+
+
+def test_report_reads_mel_recall_and_percent():
+    r = result(None, None)
+    assert r.flat_metrics()["clean_mel_recall"] == pytest.approx(0.42)
+    frame = results_frame([r])
+    assert frame.loc[0, "clean_mel_recall"] == pytest.approx(42.0)
+    assert frame.loc[0, "whitebox_pgd_accuracy"] == pytest.approx(10.0)
+
+
+def test_tables_equal_results_and_pick_best_split(tmp_path):
+    results = grid_results()
+    rep = report(results, context={"data": "synthetic"})
+    t1 = rep.tables["table1_vanilla"].set_index("protocol")
+    assert t1.loc["transfer", "fgsm_accuracy"] == pytest.approx(50.0)
+    assert t1.loc["white-box", "pgd_accuracy"] == pytest.approx(10.0)
+    assert t1.loc["white-box", "pgd_balanced_accuracy"] == pytest.approx(0.0)
+    assert t1.loc["paper", "clean_accuracy"] == pytest.approx(70.19)
+    assert t1.loc["transfer", "seeds"] == 1
     grid = rep.tables["grid_all_cells"]
     assert len(grid) == 12
-    for r in recs[1:]:
-        row = grid[(grid["method"] == r["method"]) & (grid["fraction"] == r["fraction"])].iloc[0]
-        assert row["clean_acc"] == pytest.approx(100 * r["clean_accuracy"])
-        assert row["transfer_pgd_acc"] == pytest.approx(100 * r["transfer_pgd_accuracy"])
-        assert row["whitebox_fgsm_bal_acc"] == pytest.approx(
-            100 * r["whitebox_fgsm_balanced_accuracy"]
+    assert list(zip(grid["method"], grid["fraction"])) == CELLS  # methods x fractions order
+    for r in results[1:]:
+        flat = r.flat_metrics()
+        row = grid[(grid["method"] == r.method) & (grid["fraction"] == r.fraction)].iloc[0]
+        assert row["clean_accuracy"] == pytest.approx(100 * flat["clean_accuracy"])
+        assert row["transfer_pgd_accuracy"] == pytest.approx(100 * flat["transfer_pgd_accuracy"])
+        assert row["whitebox_fgsm_balanced_accuracy"] == pytest.approx(
+            100 * flat["whitebox_fgsm_balanced_accuracy"]
         )
-    t2 = table2(records_frame(recs))
+        assert row["seeds"] == 1
+    t2 = table2(results_frame(results))
+    assert list(t2["method"]) == ["fgsm", "pgd", "mix"]
     for _, row in t2.iterrows():
-        cells = [r for r in recs[1:] if r["method"] == row["method"]]
+        cells = [r.flat_metrics() | {"f": r.fraction} for r in results if r.method == row["method"]]
         best = max(
             cells,
-            key=lambda r: (
-                r["clean_accuracy"] + r["transfer_fgsm_accuracy"] + r["transfer_pgd_accuracy"]
+            key=lambda m: (
+                m["clean_accuracy"] + m["transfer_fgsm_accuracy"] + m["transfer_pgd_accuracy"]
             ),
         )
-        assert row["best_fraction"] == best["fraction"]
-    # every cell is far below transfer under white-box: the report must say so
-    assert sum("overstates" in n for n in rep.notes) == 24
+        assert row["best_fraction"] == best["f"]
+        assert row["whitebox_pgd_accuracy"] == pytest.approx(1.0)
+    assert list(t2["paper_fraction"]) == [0.2, 0.8, 0.6]
+    # every cell is far below transfer under white-box: the report says so, once per attack
+    overstates = [n for n in rep.notes if "overstates" in n]
+    assert len(overstates) == 2
+    assert all("every cell (12 of 12)" in n for n in overstates)
     files = save_report(rep, tmp_path)
     html = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in html and "Table 1" in html
     assert (tmp_path / "grid_all_cells.csv").read_text().count("\n") == 13
     assert set(files) >= {"report.md", "report.html", "accuracy_vs_fraction.png"}
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
 
 
 def test_seeds_are_averaged_and_label_leaking_flagged():
-    recs = [
-        record(None, None),
-        record("pgd", 0.8, 0, clean=0.5, t_pgd=0.9),
-        record("pgd", 0.8, 1, clean=0.7, t_pgd=0.9),
+    results = [
+        result(None, None),
+        result("pgd", 0.8, 0, clean=0.5, t_pgd=0.9),
+        result("pgd", 0.8, 1, clean=0.7, t_pgd=0.9),
     ]
-    frame = records_frame(recs)
+    frame = results_frame(results)
     row = frame[frame["method"] == "pgd"].iloc[0]
     assert row["clean_accuracy"] == pytest.approx(60.0) and row["seeds"] == 2
-    rep = build_report(recs)
-    assert any("label leaking" in n for n in rep.notes)
+    rep = report(results)
+    assert rep.tables["grid_all_cells"].loc[0, "seeds"] == 2
+    assert rep.tables["table2_best_split"].loc[0, "seeds"] == 2
+    leak = [n for n in rep.notes if "label leaking" in n]
+    assert len(leak) == 1 and "pgd@0.8" in leak[0]
+    assert "means over each model's seeds" in rep.headline
 
 
-def test_examples_figure_and_empty_input():
+def test_some_cells_named_in_notes():
+    results = [result(None, None), result("fgsm", 0.2, w_fgsm=0.45, w_pgd=0.35)]
+    results.append(result("pgd", 0.8, w_fgsm=0.45, w_pgd=0.05))
+    rep = report(results)
+    pgd_gap = next(n for n in rep.notes if n.startswith("PGD:") and "overstates" in n)
+    assert "1 of 2 cells (pgd@0.8)" in pgd_gap
+
+
+def test_each_check_once_with_its_cells(tmp_path):
+    """Label leaking in three models is one check naming the three, in HTML and Markdown."""
+    results = [
+        result(None, None),
+        result("pgd", 0.6, clean=0.5, t_pgd=0.8),
+        result("pgd", 0.8, 0, clean=0.5, t_pgd=0.93),
+        result("pgd", 0.8, 1, clean=0.5, t_pgd=0.9),
+        result("fgsm", 0.2),
+    ]
+    checks = sanity_checks(results)
+    rep = report(results, checks=checks)
+    save_report(rep, tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    md = (tmp_path / "report.md").read_text()
+    leak = next(c for c in checks if c.name == "no label leaking")
+    assert leak.cells == ("pgd@0.6-s0", "pgd@0.8-s0", "pgd@0.8-s1")
+    for c in checks:
+        assert html.count(f"<code>{c.name.replace('<', '&lt;')}</code>") == 1
+        assert md.count(f"`{c.name}`") == 1
+    row = re.search(
+        r"<tr><td class='warn'>WARN</td><td class='name'><code>no label leaking.*?</tr>", html
+    )
+    assert row and all(k in row.group(0) for k in leak.cells) and "fgsm@0.2-s0" not in row.group(0)
+    md_line = next(ln for ln in md.splitlines() if "`no label leaking`" in ln)
+    assert (
+        md_line.startswith("- **WARN**")
+        and "Concerns: pgd@0.6-s0, pgd@0.8-s0, pgd@0.8-s1" in md_line
+    )
+    assert "pgd@0.8-s0 transfer PGD 93.0 % vs clean 50.0 %" in md_line  # the worst case
+
+
+def test_no_index_column_and_human_headers(tmp_path):
+    rep = report(grid_results())
+    save_report(rep, tmp_path)
+    parser = _Headers()
+    parser.feed((tmp_path / "report.html").read_text())
+    tables = parser.tables
+    t1, t2 = tables[0], tables[1]
+    assert t1["th"][0] == "Protocol" and t1["td"][0] == "transfer"  # no index before it
+    assert "Clean acc. (%)" in t1["th"] and "PGD bal. acc. (%)" in t1["th"]
+    assert t2["th"][0] == "Method" and t2["td"][0] == "fgsm"
+    assert "PGD white-box bal. acc. (%)" in t2["titles"]  # full label on grouped columns
+    assert {"Transfer (paper's protocol)", "White-box (honest)"} <= set(t2["th"])
+    for t in tables:
+        assert all(h.strip() for h in t["th"]), t["th"]  # pandas' empty index corner is gone
+        assert not any("_" in h for h in t["th"]), t["th"]  # no machine names
+    md = (tmp_path / "report.md").read_text().splitlines()
+    heads = [a for a, b in itertools.pairwise(md) if a.startswith("| ") and b.startswith("|-")]
+    assert heads[0].startswith("| Protocol | Seeds | Clean acc. (%) |")
+    assert any("PGD white-box bal. acc. (%)" in h for h in heads)
+    assert not any("_" in h for h in heads)
+    assert "70.19" in (tmp_path / "report.md").read_text()  # the paper's numbers as quoted
+    csv = (tmp_path / "table1_vanilla.csv").read_text().splitlines()
+    assert csv[0].startswith("protocol,seeds,clean_accuracy")  # no index column in CSV
+
+
+def test_headline_has_the_key_numbers(tmp_path):
+    results = grid_results()
+    rep = report(results)
+    assert rep.headline.startswith("The vanilla CNN reaches 60.0 % clean accuracy")
+    assert f"{PAPER_VANILLA['clean']:.2f} %" in rep.headline
+    assert "keeps 30.0 % under FGSM (eps 0.2) and 10.0 % under PGD (eps 0.3)" in rep.headline
+    frame = results_frame(results)
+    cells = frame[frame["method"].notna()]
+    gap = (cells["transfer_pgd_accuracy"] - cells["whitebox_pgd_accuracy"]).mean()
+    assert f"by {gap:.1f} points on average" in rep.headline
+    assert "All 3 sanity checks pass" in rep.headline
+    save_report(rep, tmp_path)
+    assert "60.0 % clean accuracy" in (tmp_path / "report.html").read_text()
+    # a cell that holds is called the best defence
+    results.append(result("pgd", 1.0, clean=0.55, t_pgd=0.5, w_pgd=0.3))
+    assert "The best defence by white-box PGD accuracy is pgd@1" in report(results).headline
+
+
+def test_report_from_real_evaluations(tiny_trained, tiny_test, tmp_path):
+    """Real ``evaluate()`` output of a tiny model flows through checks and report."""
+    x, y = tiny_test
+    x, y = x[:100], y[:100]
+    specs = {
+        "fgsm": {"attack": "fgsm", "eps": 0.2},
+        "pgd": {"attack": "pgd", "eps": 0.3, "alpha": 0.2, "steps": 3},
+    }
+    model = tiny_trained.model
+    tr = evaluate(model, x, y, attacks=specs, transfer_sets=craft_transfer_sets(model, x, y, specs))
+    vanilla = ModelResult("vanilla", 0, tr, tr.as_protocol("whitebox"))
+    checks = sanity_checks([vanilla])
+    rep = build_report([vanilla], title="real", context={"n": 100}, checks=checks)
+    assert f"{100 * tr.accuracy():.1f} % clean accuracy" in rep.headline
+    assert rep.tables["grid_all_cells"].empty
+    assert [c.name for c in rep.checks] == [c.name for c in checks]
+    save_report(rep, tmp_path)
+    assert (tmp_path / "report.html").stat().st_size > 1000
+
+
+def test_examples_figure_and_bad_input():
     x = np.random.default_rng(0).uniform(size=(28, 28, 3))
     ex = Example("fgsm", x, np.clip(x + 0.1, 0, 1), "bcc", "bcc", 0.99, "nv", 0.7)
-    rep = build_report([record(None, None)], examples=[ex, ex])
+    rep = report([result(None, None)], examples=[ex, ex])
     assert "adversarial_examples" in rep.figures
     with pytest.raises(ValueError, match="no results"):
-        records_frame([])
+        results_frame([])
+    with pytest.raises(ValueError, match="no vanilla"):
+        report([result("pgd", 0.8)])
+
+
+def test_check_without_cells_renders(tmp_path):
+    """A sweep check concerns no model: its row says so instead of listing none."""
+    check = Check("accuracy -> 0 as eps grows", "warn", "1 of 3 comparisons: ...")
+    rep = report([result(None, None)], checks=[check])
+    save_report(rep, tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert "<td class='cells'>–</td>" in html
+    assert "1 of 1 sanity checks warn" in rep.headline
 
 
 def test_terminal_table_keeps_cell_names_at_80_columns():
-    """The console table of the grid: every row's cell name whole even on a narrow terminal,
-    in method then fraction order, with the records' numbers in percent."""
+    """The console table of the grid: every row's model name whole even on a narrow
+    terminal, in method then fraction order, with the results' numbers in percent."""
     from rich.console import Console
 
-    recs = grid_records()
-    recs[0]["cell"] = "vanilla"
+    results = grid_results()[::-1]  # order comes from the table, not the input
     console = Console(width=80, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
-    console.print(records_table(recs))
+    console.print(results_table(results))
     lines = console.export_text().splitlines()
-    rows = [ln.split("│")[1].strip() for ln in lines if ln.startswith("│")]
-    assert rows == ["vanilla"] + [f"{m}@{f}" for m in ("fgsm", "pgd", "mix")
-                                  for f in (0.2, 0.4, 0.6, 0.8)]
-    pgd04 = next(ln for ln in lines if "│ pgd@0.4 " in ln or "│  pgd@0.4 " in ln)
-    clean = next(r for r in recs if r["cell"] == "pgd@0.4")["clean_accuracy"]
-    assert f"{100 * clean:.1f}" in pgd04
+    rule = next(i for i, ln in enumerate(lines) if set(ln.strip()) == {"─"})
+    body = [ln for ln in lines[rule + 1 :] if ln.strip() and "│" not in ln][: len(results)]
+    rows = [ln.split()[0] for ln in body]
+    assert rows == ["vanilla"] + [f"{m}@{f}" for m, f in CELLS]
+    pgd04 = next(r for r in results if r.cell == "pgd@0.4").flat_metrics()
+    line = body[rows.index("pgd@0.4")].split()
+    # acc: clean, FGSM tr, PGD tr, FGSM wb, PGD wb; then the same balanced
+    assert line[1] == f"{100 * pgd04['clean_accuracy']:.1f}"
+    assert line[3] == f"{100 * pgd04['transfer_pgd_accuracy']:.1f}"
+    assert line[5] == f"{100 * pgd04['whitebox_pgd_accuracy']:.1f}"
+    assert line[10] == f"{100 * pgd04['whitebox_pgd_balanced_accuracy']:.1f}"
     assert max(len(ln) for ln in lines) <= 80
+    assert not any("…" in ln for ln in lines)  # nothing cut
+
+
+def test_terminal_table_names_seeds():
+    from rich.console import Console
+
+    results = [result(None, None), result("pgd", 0.8, 0), result("pgd", 0.8, 1)]
+    console = Console(width=80, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(results_table(results))
+    text = console.export_text()
+    assert "vanilla-s0" in text and "pgd@0.8-s0" in text and "pgd@0.8-s1" in text

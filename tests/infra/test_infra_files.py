@@ -16,7 +16,7 @@ from skinadv.stack import ENV_VARS, WORKER_ENV_VARS
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
-# what skinadv reads to find its services (stack.py) and passes on to Ray workers
+# what skinadv reads to find its services (skinadv.stack) and passes on to Ray workers
 CODE_ENV = set(ENV_VARS.values()) | set(WORKER_ENV_VARS)
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", re.IGNORECASE)
 SHARED = "/shared"  # the shared work folder's mount path in every infra file
@@ -75,15 +75,15 @@ def test_prefect_yaml_entrypoints_are_the_grid_flow_on_ray(prefect_yaml, monkeyp
         # Prefect's own parameter validation (the flow signature's pydantic model)
         params = dep["parameters"]
         inspect.signature(flow.fn).bind(**params)
-        validated = flow.validate_parameters(params)
-        assert {k: validated[k] for k in params} == params
+        validated = flow.validate_parameters(params)["params"]
+        assert validated.model_dump(include=set(params["params"])) == params["params"]
 
 
 def test_prefect_yaml_parameters_make_a_valid_grid(prefect_yaml):
     from skinadv.config import grid_config
 
     for dep in prefect_yaml["deployments"]:
-        p = dep["parameters"]
+        p = dep["parameters"]["params"]
         cfg = grid_config(p["preset"], data=p["data"], methods=p["methods"],
                           fractions=p["fractions"], seeds=p["seeds"], overrides=p["overrides"])
         assert cfg.methods == p["methods"] and cfg.fractions == p["fractions"]

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from skinadv import stack as stack_mod
-from skinadv.stack import ENV_VARS, Stack, StackError
+from skinadv.stack import ENV_VARS, WORKER_ENV_VARS, Stack, StackError, worker_env
+from skinadv.stack.process import free_ports, session_pids
+from skinadv.stack.redact import redact
 
 ENV_KEYS = tuple(ENV_VARS.values())
 
@@ -141,7 +142,7 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 
 @pytest.mark.integration
-def test_services_answer(stack: Stack) -> None:
+def test_services_answer(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(stack.services) == {"mlflow", "prefect", "ray"}
     assert all(svc.started for svc in stack.services.values())
     assert _get(stack.mlflow_tracking_uri + "/health")[0] == 200
@@ -156,10 +157,16 @@ def test_services_answer(stack: Stack) -> None:
     assert set(stack.startup_seconds) == {"mlflow", "prefect", "ray"}
     for name in ("mlflow", "prefect", "ray"):
         assert (stack.run_dir / "logs" / f"{name}.log").stat().st_size > 0
+    # workers get the stack's addresses and the other listed settings, never credentials
+    for key in set(WORKER_ENV_VARS) - set(ENV_KEYS):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SKINADV_CACHE_DIR", "/cache")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-forwarded")
     assert stack.ray_runtime_env() == {
         "env_vars": {
             "PREFECT_API_URL": stack.prefect_api_url,
             "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri,
+            "SKINADV_CACHE_DIR": "/cache",
         }
     }
 
@@ -266,7 +273,7 @@ def test_prefect_imported_before_stack(stack: Stack, tmp_path: Path) -> None:
 def test_existing_mlflow_is_used_not_started(
     stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for key in ENV_KEYS:
+    for key in {*ENV_KEYS, *WORKER_ENV_VARS}:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.mlflow_tracking_uri)
     with Stack(tmp_path / "run", prefect=False, ray=False) as other:
@@ -346,14 +353,14 @@ def test_up_command_stops_what_it_started_on_sigterm(stack: Stack, tmp_path: Pat
 def test_stop_leaves_nothing(stack: Stack) -> None:
     started = {name: svc.process.pid for name, svc in stack.services.items()}
     ports = [p for svc in stack.services.values() for p in svc.ports]
-    assert all(stack_mod._session_pids(pid) for pid in started.values())
+    assert all(session_pids(pid) for pid in started.values())
 
     t0 = time.monotonic()
     stack.stop()
     print(f"\nstack stopped in {time.monotonic() - t0:.1f} s")
 
     for name, pid in started.items():
-        assert stack_mod._session_pids(pid) == [], f"{name} left processes behind"
+        assert session_pids(pid) == [], f"{name} left processes behind"
     assert [p for p in ports if _port_open(p)] == []
     for key in ENV_KEYS:
         assert key not in os.environ
@@ -383,7 +390,7 @@ def test_service_that_never_answers_times_out_and_is_killed(
     s = Stack(tmp_path, mlflow=False, ray=False, timeout_s=2)
     with pytest.raises(StackError, match=r"(?s)prefect did not answer .* within 2 s.*migrating"):
         s.start()
-    assert stack_mod._session_pids(s.services["prefect"].process.pid) == []
+    assert session_pids(s.services["prefect"].process.pid) == []
 
 
 def test_unreachable_existing_service_is_a_clear_error(
@@ -391,16 +398,31 @@ def test_unreachable_existing_service_is_a_clear_error(
 ) -> None:
     for key in ENV_KEYS:
         monkeypatch.delenv(key, raising=False)
-    (port,) = stack_mod._free_ports(1)
+    (port,) = free_ports(1)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:secret@127.0.0.1:{port}")
     with pytest.raises(StackError, match="does not answer") as err:
         Stack(tmp_path, prefect=False, ray=False).start()
     assert "secret" not in str(err.value)
 
 
+def test_worker_env_is_the_listed_settings_that_are_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in WORKER_ENV_VARS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SKINADV_HAM10000", "/data/ham10000")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "")  # empty: not forwarded
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    assert worker_env() == {
+        "SKINADV_HAM10000": "/data/ham10000",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+    }
+    assert not [k for k in WORKER_ENV_VARS if any(s in k for s in ("SECRET", "KEY", "TOKEN"))]
+
+
 def test_redact_and_importing_starts_nothing() -> None:
-    assert stack_mod._redact("http://u:p@host:5000/x") == "http://***@host:5000/x"
-    assert stack_mod._redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert redact("http://u:p@host:5000/x") == "http://***@host:5000/x"
+    assert redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     code = (
         "import sys, skinadv.stack; "
         "print(sorted(m for m in ('mlflow', 'prefect', 'ray') if m in sys.modules))"

@@ -1,0 +1,195 @@
+"""What the experiment's steps hand each other: small frozen dataclasses, never tensors.
+
+One result type for an evaluation (``Evaluation``, auto-attack's flat ``{"clean": acc,
+attack: acc}`` with full metrics per entry) and one for a trained model scored under both
+protocols (``ModelResult``). The report, the sanity checks, MLflow tracking and the CLI all
+read these; ``to_dict`` / ``from_dict`` are their JSON form (``evaluation.json``).
+
+Flat metric keys (MLflow metrics, report records) are ``clean_<metric>`` and
+``<protocol>_<attack>_<metric>``, e.g. ``whitebox_pgd_balanced_accuracy``; values are
+fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+PROTOCOLS: tuple[str, ...] = ("transfer", "whitebox")
+#: Scalar metrics kept in flat records (``mel_recall`` is read from ``recall["mel"]``).
+METRICS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "mel_recall")
+#: A sweep: ``{"eps": [{"eps": e, "accuracy": a, "balanced_accuracy": b}, ...], "steps": ...}``.
+Sweeps = Mapping[str, list[dict[str, Any]]]
+
+
+def metric_key(protocol: str | None, attack: str, metric: str) -> str:
+    """``clean_accuracy`` or ``transfer_pgd_balanced_accuracy``."""
+    return f"clean_{metric}" if attack == "clean" else f"{protocol}_{attack}_{metric}"
+
+
+def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType({k: dict(v) if isinstance(v, Mapping) else v for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One model scored under one protocol.
+
+    Args:
+        protocol: ``transfer`` (attacks crafted once against the vanilla model) or
+            ``whitebox`` (each attack re-run against this model).
+        n: number of test images.
+        metrics: ``{"clean": metrics(), attack name: metrics()}`` (see
+            ``skinadv.evaluation.metrics``: accuracy, balanced accuracy, recall, ...).
+        attacks: ``{attack name: settings}`` (``{"attack": "pgd", "eps": 0.3, ...}``).
+    """
+
+    protocol: str
+    n: int
+    metrics: Mapping[str, Mapping[str, Any]]
+    attacks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(
+                f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}"
+            )
+        object.__setattr__(self, "metrics", _frozen(self.metrics))
+        object.__setattr__(self, "attacks", _frozen(self.attacks))
+
+    @property
+    def attack_names(self) -> tuple[str, ...]:
+        """The attacks scored (every metrics entry but ``clean``)."""
+        return tuple(k for k in self.metrics if k != "clean")
+
+    def value(self, attack: str = "clean", metric: str = "accuracy") -> float | None:
+        """A scalar metric for ``attack`` (or ``clean``); None when it was not scored."""
+        m = self.metrics.get(attack)
+        if m is None:
+            return None
+        if metric == "mel_recall" and "mel_recall" not in m:
+            v = (m.get("recall") or {}).get("mel")
+        else:
+            v = m.get(metric)
+        return None if v is None else float(v)
+
+    def accuracy(self, attack: str = "clean") -> float | None:
+        return self.value(attack, "accuracy")
+
+    def eps(self, attack: str) -> float | None:
+        """The attack's budget, when its settings say."""
+        eps = self.attacks.get(attack, {}).get("eps")
+        return None if eps is None else float(eps)
+
+    def as_protocol(self, protocol: str) -> Evaluation:
+        """The same scores reported under another protocol (the vanilla model's transfer
+        sets *are* its white-box attacks)."""
+        return Evaluation(protocol, self.n, self.metrics, self.attacks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "n": self.n,
+            "metrics": {k: dict(v) for k, v in self.metrics.items()},
+            "attacks": {k: dict(v) for k, v in self.attacks.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Evaluation:
+        return cls(d["protocol"], int(d["n"]), d["metrics"], d.get("attacks", {}))
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """One trained model (the vanilla model or a grid cell) scored under both protocols.
+
+    Args:
+        cell: ``vanilla`` or ``<method>@<fraction>`` (``pgd@0.8``).
+        seed: the training seed.
+        transfer, whitebox: its two evaluations.
+        method, fraction: the grid axes (None for the vanilla model).
+        run_id: its MLflow run, when it has one.
+    """
+
+    cell: str
+    seed: int
+    transfer: Evaluation
+    whitebox: Evaluation
+    method: str | None = None
+    fraction: float | None = None
+    run_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Unique within a grid: ``pgd@0.8-s0``."""
+        return f"{self.cell}-s{self.seed}"
+
+    @property
+    def is_vanilla(self) -> bool:
+        return self.method is None
+
+    def evaluations(self) -> dict[str, Evaluation]:
+        return {"transfer": self.transfer, "whitebox": self.whitebox}
+
+    def flat_metrics(self) -> dict[str, float]:
+        """``clean_accuracy``, ``transfer_pgd_balanced_accuracy``, ... (fractions in [0, 1])."""
+        flat: dict[str, float] = {}
+        for protocol, ev in self.evaluations().items():
+            for attack in ev.metrics:
+                for metric in METRICS:
+                    v = ev.value(attack, metric)
+                    if v is not None:
+                        flat[metric_key(protocol, attack, metric)] = v
+        return flat
+
+    def record(self) -> dict[str, Any]:
+        """One flat row for tables: identity columns + ``flat_metrics()``."""
+        return {
+            "cell": self.cell,
+            "method": self.method,
+            "fraction": self.fraction,
+            "seed": self.seed,
+            "run_id": self.run_id,
+            **self.flat_metrics(),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cell": self.cell,
+            "seed": self.seed,
+            "method": self.method,
+            "fraction": self.fraction,
+            "run_id": self.run_id,
+            "evaluation": {p: ev.to_dict() for p, ev in self.evaluations().items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, run_id: str | None = None) -> ModelResult:
+        evals = d["evaluation"]
+        return cls(
+            cell=d["cell"],
+            seed=int(d["seed"]),
+            transfer=Evaluation.from_dict(evals["transfer"]),
+            whitebox=Evaluation.from_dict(evals["whitebox"]),
+            method=d.get("method"),
+            fraction=None if d.get("fraction") is None else float(d["fraction"]),
+            run_id=run_id or d.get("run_id"),
+        )
+
+
+def cell_name(method: str | None, fraction: float | None) -> str:
+    """``vanilla`` or ``pgd@0.8``: how a model is named in runs, tables and the Prefect UI."""
+    return "vanilla" if method is None else f"{method}@{fraction:g}"
+
+
+__all__ = [
+    "METRICS",
+    "PROTOCOLS",
+    "Evaluation",
+    "ModelResult",
+    "Sweeps",
+    "cell_name",
+    "metric_key",
+]

@@ -1,0 +1,127 @@
+"""The Ray head: found through ``RAY_ADDRESS``, or started here (``ray start --head --block``).
+
+A started head gets every port fixed (another Ray on this machine keeps its defaults) and
+its temp dir in ``RUN/ray``, or in a short folder under /tmp linked from there when the
+run folder is too deep for Ray's Unix socket paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from skinadv.stack.common import HOST, Env, Service
+from skinadv.stack.process import script
+
+# in this order: GCS, dashboard, client server, agent HTTP + gRPC, metrics, runtime-env agent
+PORTS = 7
+# Unix socket paths are limited to 107 bytes; Ray puts about 70 more under its temp dir.
+RAY_TEMP_DIR_MAX_LEN = 32
+
+
+def found(address: str) -> Service:
+    """The head at ``address`` ($RAY_ADDRESS); dashboard from $RAY_DASHBOARD_URL if set."""
+    ui = os.environ.get("RAY_DASHBOARD_URL") or None
+    # no health URL: ray.init() fails clearly enough on a wrong address
+    return Service("ray", address, ui, started=False, health_urls=())
+
+
+def planned(ports: tuple[int, ...], logs: Path) -> Service:
+    """The head this stack will start on ``ports`` (7), its output in ``logs/ray.log``."""
+    gcs, dash, agent_http = ports[0], ports[1], ports[3]  # in PORTS order
+    dash_url = f"http://{HOST}:{dash}"
+    return Service(
+        "ray",
+        f"{HOST}:{gcs}",
+        dash_url,
+        started=True,
+        # dashboard (GCS up) and the node's agent (raylet up, runtime envs served)
+        health_urls=(
+            dash_url + "/api/gcs_healthz",
+            f"http://{HOST}:{agent_http}/api/healthz",
+        ),
+        log_path=logs / "ray.log",
+        ports=ports,
+    )
+
+
+def command(
+    svc: Service, env: Env, *, temp_dir: Path, num_cpus: int | None
+) -> tuple[list[str], Env]:
+    """``ray start --head --block`` for ``svc`` and its environment (``env`` is updated)."""
+    gcs, dash, client, agent_http, agent_grpc, metrics, rtenv = svc.ports
+    env |= {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # on SIGTERM, tear down now instead of draining the node for 30 s
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    }
+    cmd = [
+        script("ray"),
+        "start",
+        "--head",
+        "--block",
+        "--disable-usage-stats",
+        # no --node-ip-address: Ray turns 127.0.0.1 into the machine's address anyway
+        "--port",
+        str(gcs),
+        "--include-dashboard",
+        "true",
+        "--dashboard-host",
+        HOST,
+        "--dashboard-port",
+        str(dash),
+        # every port fixed: another Ray on this machine keeps its defaults (10001, 52365)
+        "--ray-client-server-port",
+        str(client),
+        "--dashboard-agent-listen-port",
+        str(agent_http),
+        "--dashboard-agent-grpc-port",
+        str(agent_grpc),
+        "--metrics-export-port",
+        str(metrics),
+        "--runtime-env-agent-port",
+        str(rtenv),
+        "--temp-dir",
+        str(temp_dir),
+    ]
+    if num_cpus is not None:
+        cmd += ["--num-cpus", str(num_cpus)]
+    return cmd, env
+
+
+def make_temp_dir(run_dir: Path) -> tuple[Path, Path | None]:
+    """Ray's temp dir: ``RUN/ray`` if short enough, else a new /tmp folder linked from it.
+
+    Returns:
+        ``(temp_dir, made)``: ``made`` is the /tmp folder to remove with ``remove_temp_dir``,
+        or None when ``RUN/ray`` itself is used.
+    """
+    wanted = run_dir / "ray"
+    if len(str(wanted)) <= RAY_TEMP_DIR_MAX_LEN:
+        wanted.mkdir(parents=True, exist_ok=True)
+        return wanted, None
+    # run folder too deep for Ray's socket paths: a short folder in /tmp, linked from it
+    made = Path(tempfile.mkdtemp(prefix="skinadv-ray-", dir="/tmp"))
+    with contextlib.suppress(OSError):
+        if wanted.is_symlink():
+            wanted.unlink()
+        if not wanted.exists():
+            wanted.symlink_to(made, target_is_directory=True)
+    return made, made
+
+
+def remove_temp_dir(run_dir: Path, made: Path) -> None:
+    """Remove a /tmp folder from ``make_temp_dir``, keeping Ray's session logs in RUN/logs/ray."""
+    # keep Ray's session logs in the run folder, drop the sockets and object spill
+    keep = run_dir / "logs" / "ray"
+    for logs in made.glob("session_2*/logs"):
+        with contextlib.suppress(OSError, shutil.Error):
+            shutil.copytree(logs, keep / logs.parent.name, dirs_exist_ok=True)
+    shutil.rmtree(made, ignore_errors=True)
+    link = run_dir / "ray"
+    with contextlib.suppress(OSError):
+        if link.is_symlink():
+            link.unlink()

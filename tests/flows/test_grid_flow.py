@@ -1,0 +1,204 @@
+"""The grid flow's logic, fast: Prefect's test harness, a thread-pool runner, MLflow on a
+local SQLite file and a tiny synthetic set. Reuse, --force, a failing cell, a dead attempt,
+and that no run is ever left RUNNING. (tests/flows/test_grid_integration.py runs the same
+flow on the real Prefect server, Ray and MLflow server with real data.)"""
+
+from __future__ import annotations
+
+import pytest
+
+TINY = [
+    "train.epochs=1",
+    "model.width=4",
+    "attack.pgd.steps=2",
+    "attack.batch_size=128",
+    "data.subset=null",
+]
+METHODS = ["fgsm", "pgd"]
+FRACTIONS = [0.5, 1.0]
+CELLS = ["vanilla"] + [f"{m}@{f:g}" for m in METHODS for f in FRACTIONS]
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    import mlflow
+    from prefect.testing.utilities import prefect_test_harness
+
+    root = tmp_path_factory.mktemp("flow")
+    mp = pytest.MonkeyPatch()
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.setenv("SKINADV_TORCH_THREADS", "1")
+    mlflow.set_tracking_uri(uri)
+    with prefect_test_harness(server_startup_timeout=180):
+        yield root
+    mp.undo()
+
+
+def run(root, experiment: str, **kw):
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.grid import GridParams, grid_flow
+
+    kw = {"methods": METHODS, "fractions": FRACTIONS, **kw}
+    params = GridParams(
+        data="synthetic:240:3",
+        overrides=TINY,
+        experiment=experiment,
+        workdir=str(root / experiment / "work"),
+        **kw,
+    )
+    flow = grid_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    return flow(params)
+
+
+def runs(experiment: str):
+    import mlflow
+
+    c = mlflow.MlflowClient()
+    exp = c.get_experiment_by_name(experiment)
+    return c.search_runs([exp.experiment_id], max_results=1000)
+
+
+def children(experiment: str, parent: str):
+    return [r for r in runs(experiment) if r.data.tags.get("mlflow.parentRunId") == parent]
+
+
+def assert_nothing_running(experiment: str) -> None:
+    running = [
+        (r.info.run_name, r.info.run_id) for r in runs(experiment) if r.info.status == "RUNNING"
+    ]
+    assert running == []
+
+
+def assert_one_complete_run_per_cell(experiment: str) -> dict[str, str]:
+    complete = [
+        r
+        for r in runs(experiment)
+        if r.info.status == "FINISHED"
+        and r.data.tags.get("skinadv.complete") == "true"
+        and r.data.tags.get("skinadv.kind") != "parent"
+    ]
+    cells = sorted(r.data.tags["skinadv.cell"] for r in complete)
+    assert cells == sorted(CELLS)
+    return {r.data.tags["skinadv.cell"]: r.info.run_id for r in complete}
+
+
+def test_first_run_trains_every_model_and_ends_every_run(harness):
+    out = run(harness, "f-first")
+    assert sorted(out.trained) == sorted(f"{c} s0" for c in CELLS) and out.reused == []
+    assert len(children("f-first", out.parent_run_id)) == len(CELLS)
+    ids = assert_one_complete_run_per_cell("f-first")
+    assert {r.run_id for r in out.results} == set(ids.values())
+    assert_nothing_running("f-first")
+    import mlflow
+
+    parent = mlflow.MlflowClient().get_run(out.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["skinadv.prefect_flow_run_id"]
+    # the vanilla model's transfer and white-box figures are the same attacks
+    v = next(r for r in out.results if r.is_vanilla)
+    assert v.transfer.metrics == v.whitebox.metrics
+    assert {c.name for c in out.checks} >= {"whitebox <= transfer", "no label leaking"}
+
+
+def test_rerun_reuses_everything_and_crafts_no_pool(harness):
+    first = run(harness, "f-reuse")
+    second = run(harness, "f-reuse")
+    assert second.trained == [] and len(second.reused) == len(CELLS)
+    assert {r.run_id for r in second.results} == {r.run_id for r in first.results}
+    assert children("f-reuse", second.parent_run_id) == []
+    assert_one_complete_run_per_cell("f-reuse")
+    assert_nothing_running("f-reuse")
+
+
+def test_force_retrains(harness):
+    first = run(harness, "f-force")
+    forced = run(harness, "f-force", force=True)
+    assert len(forced.trained) == len(CELLS) and forced.reused == []
+    assert not {r.run_id for r in forced.results} & {r.run_id for r in first.results}
+    assert_nothing_running("f-force")
+
+
+def test_a_failing_cell_fails_the_flow_naming_it_and_the_rest_finish(harness, monkeypatch):
+    from flows.grid import GridFailed
+    from skinadv import experiment as exp
+
+    real = exp.train_model
+
+    def flaky(cfg, train, *, seed, on_epoch=None):
+        n = len(train[1]) if isinstance(train, tuple) else len(train)
+        if n == flaky.n_pgd_full:
+            raise RuntimeError("injected failure")
+        return real(cfg, train, seed=seed, on_epoch=on_epoch)
+
+    # pgd@1 trains on the training set + a full pool: twice the training set
+    from flows.grid import GridParams
+    from skinadv.training import prepare_data
+
+    cfg = GridParams(data="synthetic:240:3", overrides=TINY).config()
+    flaky.n_pgd_full = 2 * len(prepare_data(cfg.data).train)
+    monkeypatch.setattr(exp, "train_model", flaky)
+    with pytest.raises(GridFailed, match=r"pgd@1 s0") as err:
+        run(harness, "f-fail", methods=["pgd"], fractions=[0.5, 1.0])
+    assert "fgsm" not in str(err.value)  # only the failing cells are named
+    all_runs = runs("f-fail")
+    by_cell = {
+        r.data.tags.get("skinadv.cell"): r.info.status
+        for r in all_runs
+        if r.data.tags.get("skinadv.kind") != "parent"
+    }
+    assert by_cell["vanilla"] == "FINISHED" and by_cell["pgd@0.5"] == "FINISHED"
+    assert by_cell["pgd@1"] == "FAILED"
+    parent = next(r for r in all_runs if r.data.tags.get("skinadv.kind") == "parent")
+    assert parent.info.status == "FAILED"
+    assert_nothing_running("f-fail")
+    # the rerun trains only the failed cell
+    monkeypatch.setattr(exp, "train_model", real)
+    again = run(harness, "f-fail", methods=["pgd"], fractions=[0.5, 1.0])
+    assert again.trained == ["pgd@1 s0"] and len(again.reused) == 2
+
+
+def test_a_dead_attempt_left_running_is_marked_killed(harness):
+    """A worker SIGKILLed mid-cell leaves its run RUNNING; the retry (here: the next grid)
+    marks it KILLED before it trains, so exactly one complete run per cell remains."""
+    from flows.grid import GridParams
+    from skinadv import experiment as exp
+    from skinadv import tracking
+    from skinadv.training import prepare_data
+
+    cfg = GridParams(
+        data="synthetic:240:3", methods=METHODS, fractions=FRACTIONS, overrides=TINY
+    ).config()
+    vh = exp.vanilla_hash(cfg, prepare_data(cfg.data).fingerprint, 0)
+    ch = exp.cell_hash(vh, cfg, "pgd", 0.5, 0, 1.0)
+    dead = [
+        tracking.start_run(
+            "f-dead", name=f"{c}-s0", kind="cell", tags={tracking.TAG_HASH: h, tracking.TAG_CELL: c}
+        )
+        for c, h in (("vanilla", vh), ("pgd@0.5", ch))
+    ]
+    out = run(harness, "f-dead")
+    assert len(out.trained) == len(CELLS)
+    import mlflow
+
+    c = mlflow.MlflowClient()
+    for rid in dead:
+        run_ = c.get_run(rid)
+        assert run_.info.status == "KILLED"
+        assert "attempt died" in run_.data.tags["skinadv.error"]
+    assert_one_complete_run_per_cell("f-dead")
+    assert_nothing_running("f-dead")
+
+
+def test_bad_parameters_fail_before_anything_runs():
+    from pydantic import ValidationError
+
+    from flows.grid import GridParams
+
+    with pytest.raises(ValidationError, match="fraction"):
+        GridParams(fractions=[1.5])
+    with pytest.raises(ValidationError, match="methods"):
+        GridParams(methods=["nope"])
+    with pytest.raises(ValidationError, match="unknown preset"):
+        GridParams(preset="nope")
