@@ -153,7 +153,9 @@ def settle(futures: dict[str, PrefectFuture]) -> tuple[list[TrainedModel], list[
 
 def publish(models: list[TrainedModel], files: dict[str, str], grid: GridRun) -> None:
     """The outcome in the Prefect UI: the report's Markdown and a link to the MLflow run."""
-    md = Path(files["markdown"]).read_text() if "markdown" in files else ""
+    md = Path(files["report.md"]).read_text() if "report.md" in files else ""
+    # the figures are files beside report.md: in the UI, point at the HTML report instead
+    md = "\n".join(line for line in md.splitlines() if not line.startswith("!["))
     rows = "\n".join(
         f"| {m.label} | {'reused' if m.reused else 'trained'} | {m.result.run_id} |" for m in models
     )

@@ -214,10 +214,6 @@ class ExperimentConfig(_Config):
             raise ValueError("seeds must hold at least one seed")
         return self
 
-    def cells(self) -> list[AdvTrainConfig]:
-        """The grid's cells (method x fraction), in a stable order."""
-        return [AdvTrainConfig(method=m, fraction=f) for m in self.methods for f in self.fractions]
-
 
 def config_hash(obj: BaseModel | Mapping[str, Any]) -> str:
     """Stable 16-hex sha256 of ``obj``'s canonical JSON (sorted keys, no whitespace)."""

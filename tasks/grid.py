@@ -68,7 +68,11 @@ def _reusable(grid: GridRun, config_hash: str):
     return None if grid.force else tracking.find_complete(grid.experiment, config_hash)
 
 
-def _reused(run, config_hash: str, weights: Path, transfer: Path | None = None) -> State:
+def _reused(
+    grid: GridRun, run, config_hash: str, weights: Path, transfer: Path | None = None
+) -> State:
+    # an attempt of an earlier grid that died (Ctrl-C, a killed worker) may be RUNNING still
+    tracking.kill_stale(grid.experiment, config_hash, reason="attempt died; a complete run exists")
     result, _ = tracking.load_result(run.info.run_id)
     model = TrainedModel(result, config_hash, str(weights), transfer and str(transfer), True)
     return Completed(
@@ -220,7 +224,7 @@ def train_vanilla(cfg: ExperimentConfig, data: DataRef, *, seed: int, grid: Grid
     weights = grid.path("models", f"vanilla-{h}.pt")
     run = _reusable(grid, h)
     if run is not None:
-        return _reused(run, h, weights, transfer)
+        return _reused(grid, run, h, weights, transfer)
     params = {**_params(cfg, data, seed, h), "method": "none", "fraction": 0.0}
     model = _train_and_score(
         cfg,
@@ -308,7 +312,7 @@ def train_cell(
     h = _cell_hash(cfg, vanilla, method, fraction)
     run = _reusable(grid, h)
     if run is not None:
-        return _reused(run, h, grid.path("models", f"{cell_name(method, fraction)}-{h}.pt"))
+        return _reused(grid, run, h, grid.path("models", f"{cell_name(method, fraction)}-{h}.pt"))
     if pool.path is None:
         raise RuntimeError(f"the {method} pool was skipped but {method}@{fraction:g} needs it")
     x, y = load_dataset(data.train).to_float()

@@ -21,15 +21,13 @@ CELLS = ["vanilla"] + [f"{m}@{f:g}" for m in METHODS for f in FRACTIONS]
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
-    import mlflow
     from prefect.testing.utilities import prefect_test_harness
 
     root = tmp_path_factory.mktemp("flow")
     mp = pytest.MonkeyPatch()
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mp.setenv("SKINADV_TORCH_THREADS", "1")
-    mlflow.set_tracking_uri(uri)
+    mp.setenv("SKINADV_TORCH_THREADS", "1")  # MLflow reads the URI from the environment
     with prefect_test_harness(server_startup_timeout=180):
         yield root
     mp.undo()
@@ -103,8 +101,22 @@ def test_first_run_trains_every_model_and_ends_every_run(harness):
 
 
 def test_rerun_reuses_everything_and_crafts_no_pool(harness):
+    import mlflow
+
+    from skinadv import tracking
+
     first = run(harness, "f-reuse")
+    # an interrupted earlier grid left an attempt of a finished model RUNNING
+    c = mlflow.MlflowClient()
+    v = c.get_run(next(r.run_id for r in first.results if r.is_vanilla))
+    stale = tracking.start_run(
+        "f-reuse",
+        name="vanilla-s0",
+        kind="vanilla",
+        tags={tracking.TAG_HASH: v.data.tags[tracking.TAG_HASH], tracking.TAG_CELL: "vanilla"},
+    )
     second = run(harness, "f-reuse")
+    assert c.get_run(stale).info.status == "KILLED"
     assert second.trained == [] and len(second.reused) == len(CELLS)
     assert {r.run_id for r in second.results} == {r.run_id for r in first.results}
     assert children("f-reuse", second.parent_run_id) == []
