@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from skinadv import experiment as exp
 from skinadv import tracking
 from skinadv.config import ExperimentConfig, grid_config
+from skinadv.data.sources import absolute_spec
 from skinadv.evaluation.checks import Check
 from skinadv.results import ModelResult
 from skinadv.stack import worker_env
@@ -54,11 +55,13 @@ class GridParams(BaseModel):
 
     @model_validator(mode="after")
     def _valid_config(self) -> GridParams:
+        if self.data is not None:  # workers run in other folders: pin relative paths here
+            self.data = absolute_spec(self.data)
         self.config()  # a bad preset, axis or override fails here, before anything runs
         return self
 
     def config(self) -> ExperimentConfig:
-        return grid_config(
+        cfg = grid_config(
             self.preset,
             data=self.data,
             methods=self.methods,
@@ -66,6 +69,8 @@ class GridParams(BaseModel):
             seeds=self.seeds,
             overrides=self.overrides,
         )
+        cfg.data.spec = absolute_spec(cfg.data.spec)  # the preset's default may be relative
+        return cfg
 
 
 @dataclass(frozen=True)
@@ -221,15 +226,18 @@ def _context(cfg: ExperimentConfig, params: GridParams, data: Any, grid: GridRun
 
 
 def make_task_runner(
-    address: str | None = None, env: dict[str, str] | None = None, *, log_to_driver: bool = True
+    address: str | None = None, env: dict[str, str] | None = None, *, quiet: bool = False
 ) -> RayTaskRunner:
     """The Ray runner, with the Prefect/MLflow addresses passed to every worker.
 
-    ``log_to_driver=False`` keeps the workers' output in Ray's session logs (the quiet
-    console of ``skinadv grid``)."""
-    # MLflow prints a "View run" line at every run end otherwise
-    env = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true", **worker_env(), **(env or {})}
+    ``quiet`` keeps the workers' output in Ray's session logs and Ray's own log records
+    with the caller's logging (the quiet console of ``skinadv grid``)."""
+    env = {**worker_env(), **(env or {})}
     return RayTaskRunner(
         address=address or os.environ.get("RAY_ADDRESS"),
-        init_kwargs={"runtime_env": {"env_vars": env}, "log_to_driver": log_to_driver},
+        init_kwargs={
+            "runtime_env": {"env_vars": env},
+            "log_to_driver": not quiet,
+            "configure_logging": not quiet,
+        },
     )

@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+# MLflow prints "View run ... at: URL" on stdout at every run end: a grid is 14 of them.
+# The UI addresses are shown once by the CLI instead.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 TAG_KIND = "skinadv.kind"  # parent | vanilla | cell
 TAG_HASH = "skinadv.config_hash"

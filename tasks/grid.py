@@ -78,7 +78,7 @@ def _reused(
     return Completed(
         data=model,
         name="Reused",
-        message=f"reused MLflow run {run.info.run_id}: {_key_figure(result)}",
+        message=f"{_key_figure(result)} (MLflow run {run.info.run_id[:8]})",
     )
 
 

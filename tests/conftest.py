@@ -57,8 +57,15 @@ def browser():
     exe = os.environ.get("SKINADV_CHROMIUM") or shutil.which("chromium")
     if not exe:
         pytest.fail("chromium not found: `apt-get install chromium` (or set SKINADV_CHROMIUM)")
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    flags = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=exe, args=flags)
         yield b

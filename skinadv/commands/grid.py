@@ -174,7 +174,7 @@ def grid(
                 _logs_to_file(log_file)
                 console.print(f"logs: {log_file} (--verbose shows them here)", soft_wrap=True)
             runner = make_task_runner(
-                stack.ray_address, stack.ray_runtime_env()["env_vars"], log_to_driver=verbose
+                stack.ray_address, stack.ray_runtime_env()["env_vars"], quiet=not verbose
             )
             name = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
             labels = [

@@ -55,6 +55,15 @@ def describe_accepted() -> str:
     return "accepted forms:\n" + "\n".join(f"  - {f}" for f in ACCEPTED_FORMS)
 
 
+def absolute_spec(spec: str) -> str:
+    """The SPEC with local paths made absolute (each part of a ``,`` list), so that it means
+    the same data to a worker whose working folder is another (a Ray worker)."""
+    s = str(spec).strip()
+    if s == "synthetic" or s.startswith(("synthetic:", "s3://")):
+        return s
+    return ",".join(str(Path(p).expanduser().resolve()) for p in s.split(",") if p)
+
+
 def detect(spec: str) -> str:
     """Name the source kind a SPEC points at, or raise DataError listing the accepted forms."""
     s = str(spec).strip()

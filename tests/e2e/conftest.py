@@ -78,8 +78,9 @@ class PostgresServer:
     def connect(self, database: str = "postgres"):
         import psycopg2
 
-        return psycopg2.connect(host=self.host, port=self.port, user=self.user,
-                                dbname=database, connect_timeout=10)
+        return psycopg2.connect(
+            host=self.host, port=self.port, user=self.user, dbname=database, connect_timeout=10
+        )
 
 
 def find_postgres_bin() -> Path:
@@ -108,8 +109,11 @@ def _as_postgres_user() -> list[str]:
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        pytest.fail("running as root and there is no `postgres` system user to run PostgreSQL "
-                    "as (Debian's postgresql package creates it)", pytrace=False)
+        pytest.fail(
+            "running as root and there is no `postgres` system user to run PostgreSQL "
+            "as (Debian's postgresql package creates it)",
+            pytrace=False,
+        )
     runuser = shutil.which("runuser")
     if runuser:
         return [runuser, "-u", "postgres", "--"]
@@ -117,12 +121,16 @@ def _as_postgres_user() -> list[str]:
 
 
 def _run(cmd: list[str], what: str, log_path: Path | None = None, timeout: float = 120) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, check=False)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+    )
     if proc.returncode != 0:
         extra = f"\nserver log:\n{_tail(log_path)}" if log_path else ""
-        pytest.fail(f"{what} failed ({proc.returncode}): {' '.join(cmd)}\n"
-                    f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}{extra}", pytrace=False)
+        pytest.fail(
+            f"{what} failed ({proc.returncode}): {' '.join(cmd)}\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}{extra}",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -138,29 +146,63 @@ def postgres_server() -> Iterator[PostgresServer]:
         shutil.chown(root, user="postgres", group="postgres")
     started = False
     try:
-        _run([*prefix, str(bin_dir / "initdb"), "-D", str(data_dir), "-U", PG_USER,
-              "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"], "initdb")
+        _run(
+            [
+                *prefix,
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data_dir),
+                "-U",
+                PG_USER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            "initdb",
+        )
         for attempt in range(3):  # a free port may be taken between the check and the bind
             port = free_port()
-            opts = (f"-c listen_addresses={HOST} -p {port} -k {root} "
-                    "-c fsync=off -c full_page_writes=off -c synchronous_commit=off "
-                    "-c max_connections=200")
+            opts = (
+                f"-c listen_addresses={HOST} -p {port} -k {root} "
+                "-c fsync=off -c full_page_writes=off -c synchronous_commit=off "
+                "-c max_connections=200"
+            )
             proc = subprocess.run(
-                [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-l", str(log_path),
-                 "-o", opts, "-w", "-t", "120", "start"],
-                capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
-                check=False)
+                [
+                    *prefix,
+                    str(bin_dir / "pg_ctl"),
+                    "-D",
+                    str(data_dir),
+                    "-l",
+                    str(log_path),
+                    "-o",
+                    opts,
+                    "-w",
+                    "-t",
+                    "120",
+                    "start",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=180,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
             if proc.returncode == 0:
                 started = True
                 break
             if (data_dir / "postmaster.pid").exists():  # up but slow: not a port clash
-                pytest.fail(f"pg_ctl start failed: {proc.stderr[-2000:]}\n{_tail(log_path)}",
-                            pytrace=False)
+                pytest.fail(
+                    f"pg_ctl start failed: {proc.stderr[-2000:]}\n{_tail(log_path)}", pytrace=False
+                )
             if attempt == 2:
-                pytest.fail(f"pg_ctl start failed: {proc.stderr[-2000:]}\n{_tail(log_path)}",
-                            pytrace=False)
-        server = PostgresServer(HOST, port, PG_USER, bin_dir, data_dir, log_path,
-                                version=bin_dir.parent.name)
+                pytest.fail(
+                    f"pg_ctl start failed: {proc.stderr[-2000:]}\n{_tail(log_path)}", pytrace=False
+                )
+        server = PostgresServer(
+            HOST, port, PG_USER, bin_dir, data_dir, log_path, version=bin_dir.parent.name
+        )
         conn = server.connect()
         try:
             conn.autocommit = True
@@ -172,9 +214,24 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         if started or (data_dir / "postmaster.pid").exists():  # ours: stop it by data dir
-            subprocess.run([*prefix, str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-m", "fast",
-                            "-w", "-t", "60", "stop"], capture_output=True, timeout=90,
-                           stdin=subprocess.DEVNULL, check=False)
+            subprocess.run(
+                [
+                    *prefix,
+                    str(bin_dir / "pg_ctl"),
+                    "-D",
+                    str(data_dir),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "-t",
+                    "60",
+                    "stop",
+                ],
+                capture_output=True,
+                timeout=90,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -197,8 +254,11 @@ class MotoS3:
         return boto3.client("s3", endpoint_url=self.endpoint)
 
     def keys(self, prefix: str = "") -> list[str]:
-        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
-                                                                          Prefix=prefix)
+        pages = (
+            self.client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=self.bucket, Prefix=prefix)
+        )
         return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
@@ -213,8 +273,9 @@ def _wait_http(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: floa
     until = time.monotonic() + timeout_s
     while time.monotonic() < until:
         if proc.poll() is not None:
-            pytest.fail(f"moto_server exited ({proc.returncode}):\n{_tail(log_path)}",
-                        pytrace=False)
+            pytest.fail(
+                f"moto_server exited ({proc.returncode}):\n{_tail(log_path)}", pytrace=False
+            )
         try:
             with opener.open(url, timeout=2):
                 return
@@ -222,8 +283,10 @@ def _wait_http(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: floa
             return  # it answers
         except (urllib.error.URLError, OSError):
             time.sleep(0.2)
-    pytest.fail(f"moto_server did not answer {url} within {timeout_s:.0f} s:\n{_tail(log_path)}",
-                pytrace=False)
+    pytest.fail(
+        f"moto_server did not answer {url} within {timeout_s:.0f} s:\n{_tail(log_path)}",
+        pytrace=False,
+    )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -246,18 +309,26 @@ def moto_server(tmp_path_factory) -> Iterator[MotoS3]:
     port = free_port()
     endpoint = f"http://{HOST}:{port}"
     # a recognisable secret, so tests can prove it never reaches a log or an output
-    s3 = MotoS3(endpoint, MOTO_BUCKET, "testing", f"moto-secret-{secrets.token_hex(8)}",
-                log_path)
+    s3 = MotoS3(endpoint, MOTO_BUCKET, "testing", f"moto-secret-{secrets.token_hex(8)}", log_path)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(_moto_command(port), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            _moto_command(port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         _wait_http(f"{endpoint}/moto-api/", proc, log_path)
         import boto3
 
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                     aws_access_key_id=s3.access_key,
-                     aws_secret_access_key=s3.secret_key).create_bucket(Bucket=MOTO_BUCKET)
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=s3.access_key,
+            aws_secret_access_key=s3.secret_key,
+        ).create_bucket(Bucket=MOTO_BUCKET)
         yield s3
     finally:
         _stop(proc)
@@ -273,8 +344,12 @@ def moto_s3(moto_server: MotoS3, tmp_path_factory) -> Iterator[MotoS3]:
     """
     empty = tmp_path_factory.mktemp("no-aws")
     with pytest.MonkeyPatch.context() as mp:
-        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",
-                    "AWS_SECURITY_TOKEN"):
+        for key in (
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_SECURITY_TOKEN",
+        ):
             mp.delenv(key, raising=False)
         mp.setenv("AWS_ACCESS_KEY_ID", moto_server.access_key)
         mp.setenv("AWS_SECRET_ACCESS_KEY", moto_server.secret_key)

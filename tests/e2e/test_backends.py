@@ -24,18 +24,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-TINY = ["--set", "data.subset=400", "--set", "train.epochs=1", "--set", "attack.pgd.steps=3",
-        "--set", "model.width=8"]
+TINY = [
+    "--set",
+    "data.subset=400",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "attack.pgd.steps=3",
+    "--set",
+    "model.width=8",
+]
 EXPERIMENT = "e2e-backends"
 ARTIFACT_PREFIX = "mlflow"
 NPZ_KEY = "ham10000_28x28_rgb.npz"
 # trust authentication accepts any password: one in the URLs proves none is ever printed
 DB_PASSWORD = "pg-pass-e2e-7f3a"
-METRIC_KEYS = [f"{p}_{a}_{m}" for p in ("transfer", "whitebox") for a in ("fgsm", "pgd")
-               for m in ("accuracy", "balanced_accuracy")] + ["clean_accuracy",
-                                                              "clean_balanced_accuracy"]
-CELLS = sorted(["vanilla"] + [f"{m}@{f:g}" for m in ("fgsm", "pgd", "mix")
-                              for f in (0.2, 0.4, 0.6, 0.8)])
+METRIC_KEYS = [
+    f"{p}_{a}_{m}"
+    for p in ("transfer", "whitebox")
+    for a in ("fgsm", "pgd")
+    for m in ("accuracy", "balanced_accuracy")
+] + ["clean_accuracy", "clean_balanced_accuracy"]
+CELLS = sorted(
+    ["vanilla"] + [f"{m}@{f:g}" for m in ("fgsm", "pgd", "mix") for f in (0.2, 0.4, 0.6, 0.8)]
+)
 
 
 # --------------------------------------------------------------------------- unit: s3 source
@@ -47,8 +59,13 @@ def mocked_s3(monkeypatch):
     moto = pytest.importorskip("moto")
     import boto3
 
-    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL",
-                "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+    for key in (
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+    ):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -84,8 +101,11 @@ def mocked_s3(monkeypatch):
 def _npz_bytes(n: int = 14, seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
-    np.savez(buf, images=rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8),
-             labels=np.arange(n, dtype=np.int64) % 7)
+    np.savez(
+        buf,
+        images=rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8),
+        labels=np.arange(n, dtype=np.int64) % 7,
+    )
     return buf.getvalue()
 
 
@@ -140,11 +160,17 @@ def test_s3_fetch_names_the_missing_bucket_or_key(mocked_s3, tmp_path):
     from skinadv.data import DataError
     from skinadv.data.s3 import fetch
 
-    with pytest.raises(DataError, match=r"s3://data/nope\.npz: no object 'nope\.npz' in "
-                                        r"bucket 'data'"):
+    with pytest.raises(
+        DataError,
+        match=r"s3://data/nope\.npz: no object 'nope\.npz' in "
+        r"bucket 'data'",
+    ):
         fetch("s3://data/nope.npz", cache_dir=tmp_path)
-    with pytest.raises(DataError, match=r"s3://no-such-bucket/x\.npz: no bucket "
-                                        r"'no-such-bucket'"):
+    with pytest.raises(
+        DataError,
+        match=r"s3://no-such-bucket/x\.npz: no bucket "
+        r"'no-such-bucket'",
+    ):
         fetch("s3://no-such-bucket/x.npz", cache_dir=tmp_path)
     for bad in ("s3://", "s3://bucket-only", "s3://bucket/folder/"):
         with pytest.raises(DataError, match="expected s3://bucket/key"):
@@ -156,8 +182,14 @@ def test_s3_fetch_without_credentials_or_endpoint_says_so(tmp_path, monkeypatch)
     from skinadv.data.s3 import fetch
 
     # no mock (moto's mock_aws brings fake keys); boto3 fails while signing, before sending
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE",
-                "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL"):
+    for key in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL_S3",
+        "MLFLOW_S3_ENDPOINT_URL",
+    ):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing there
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -224,8 +256,9 @@ def test_stack_checks_the_artifact_bucket_before_starting(mocked_s3, tmp_path, m
     with pytest.raises(StackError, match="bucket 'missing' does not exist"):
         Stack(tmp_path, mlflow_artifacts="s3://missing/mlflow")._check_artifact_store()
     with pytest.raises(StackError, match="bucket 'missing' does not exist"):
-        Stack(tmp_path, mlflow_artifacts="s3://missing/mlflow",
-              prefect=False, ray=False).start()  # before anything is launched
+        Stack(
+            tmp_path, mlflow_artifacts="s3://missing/mlflow", prefect=False, ray=False
+        ).start()  # before anything is launched
     assert not (tmp_path / "logs" / "mlflow.log").exists()
 
 
@@ -242,8 +275,9 @@ def backends_stack(postgres_server, moto_s3, tmp_path_factory):
         ray_num_cpus=2,
         mlflow_backend_uri=postgres_server.url("mlflow", password=DB_PASSWORD),
         mlflow_artifacts=f"s3://{moto_s3.bucket}/{ARTIFACT_PREFIX}",
-        prefect_database_url=postgres_server.url("prefect", "postgresql+asyncpg",
-                                                 password=DB_PASSWORD),
+        prefect_database_url=postgres_server.url(
+            "prefect", "postgresql+asyncpg", password=DB_PASSWORD
+        ),
     ) as st:
         yield st
 
@@ -257,23 +291,46 @@ def s3_data(moto_s3, real_npz) -> str:
 @pytest.fixture(scope="module")
 def grid(backends_stack, s3_data, tmp_path_factory) -> dict:
     run_dir = tmp_path_factory.mktemp("backends-grid")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": backends_stack.mlflow_tracking_uri,
-           "PREFECT_API_URL": backends_stack.prefect_api_url,
-           "RAY_ADDRESS": backends_stack.ray_address,
-           "SKINADV_CACHE_DIR": str(run_dir / "cache")}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": backends_stack.mlflow_tracking_uri,
+        "PREFECT_API_URL": backends_stack.prefect_api_url,
+        "RAY_ADDRESS": backends_stack.ray_address,
+        "SKINADV_CACHE_DIR": str(run_dir / "cache"),
+    }
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "skinadv.cli", "grid", "--data", s3_data, "--preset", "quick",
-         *TINY, "--experiment", EXPERIMENT, "--run-dir", str(run_dir), "--json"],
-        env=env, capture_output=True, text=True, timeout=1500, check=False,
+        [
+            sys.executable,
+            "-m",
+            "skinadv.cli",
+            "grid",
+            "--data",
+            s3_data,
+            "--preset",
+            "quick",
+            *TINY,
+            "--experiment",
+            EXPERIMENT,
+            "--run-dir",
+            str(run_dir),
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-6000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["_wall_s"] = round(time.perf_counter() - t0, 1)
     result["_output"] = proc.stdout + proc.stderr
     result["_run_dir"] = str(run_dir)
-    print(f"\nbackends grid: {result['_wall_s']} s (CLI reported {result['seconds']} s); "
-          f"stack start-up {backends_stack.startup_seconds}")
+    print(
+        f"\nbackends grid: {result['_wall_s']} s (CLI reported {result['seconds']} s); "
+        f"stack start-up {backends_stack.startup_seconds}"
+    )
     return result
 
 
@@ -282,8 +339,9 @@ def _child_runs(parent_id: str):
 
     c = mlflow.MlflowClient()
     exp = c.get_experiment_by_name(EXPERIMENT)
-    return c.search_runs([exp.experiment_id],
-                         filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return c.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    )
 
 
 @pytest.mark.integration
@@ -319,8 +377,10 @@ def test_models_and_reports_are_objects_in_the_bucket(backends_stack, grid, moto
         assert len(weights) == 1, (r.data.tags["skinadv.cell"], run_keys)
         assert weights[0].startswith(f"{ARTIFACT_PREFIX}/{exp_id}/{rid}/artifacts/")
         # the state dict's JSON config beside it; no pickled MLflow model anywhere
-        assert any(k.endswith("/artifacts/weights/" + weights[0].rsplit("/", 1)[1] + ".json")
-                   for k in run_keys)
+        assert any(
+            k.endswith("/artifacts/weights/" + weights[0].rsplit("/", 1)[1] + ".json")
+            for k in run_keys
+        )
     assert not [k for k in keys if k.endswith(("/MLmodel", "/model.pth", ".pkl"))]
     # the vanilla model's transfer test sets, for reuse from another node or work folder
     (vanilla,) = [r for r in runs if r.data.tags["skinadv.cell"] == "vanilla"]
@@ -329,9 +389,14 @@ def test_models_and_reports_are_objects_in_the_bucket(backends_stack, grid, moto
     for name in ("report/report.html", "report/grid_all_cells.csv"):
         key = f"{ARTIFACT_PREFIX}/{exp_id}/{parent}/artifacts/{name}"
         assert key in keys, name
-    html = moto_s3.client().get_object(
-        Bucket=moto_s3.bucket,
-        Key=f"{ARTIFACT_PREFIX}/{exp_id}/{parent}/artifacts/report/report.html")["Body"].read()
+    html = (
+        moto_s3.client()
+        .get_object(
+            Bucket=moto_s3.bucket,
+            Key=f"{ARTIFACT_PREFIX}/{exp_id}/{parent}/artifacts/report/report.html",
+        )["Body"]
+        .read()
+    )
     assert b"Table 1" in html
     # nothing was written to the local artifact folder of the MLflow server
     assert not (backends_stack.run_dir / "mlartifacts").exists()
@@ -363,12 +428,16 @@ def test_runs_and_flow_runs_live_in_postgres(backends_stack, grid, postgres_serv
     conn = postgres_server.connect("mlflow")
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT r.run_uuid, r.status FROM runs r JOIN experiments e "
-                        "ON r.experiment_id = e.experiment_id WHERE e.name = %s",
-                        (EXPERIMENT,))
+            cur.execute(
+                "SELECT r.run_uuid, r.status FROM runs r JOIN experiments e "
+                "ON r.experiment_id = e.experiment_id WHERE e.name = %s",
+                (EXPERIMENT,),
+            )
             rows = dict(cur.fetchall())
-            cur.execute("SELECT value FROM tags WHERE key = 'mlflow.parentRunId' AND "
-                        "value = %s", (grid["parent_run_id"],))
+            cur.execute(
+                "SELECT value FROM tags WHERE key = 'mlflow.parentRunId' AND value = %s",
+                (grid["parent_run_id"],),
+            )
             n_children = len(cur.fetchall())
     finally:
         conn.close()
@@ -379,8 +448,9 @@ def test_runs_and_flow_runs_live_in_postgres(backends_stack, grid, postgres_serv
     conn = postgres_server.connect("prefect")
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT fr.state_type, f.name FROM flow_run fr JOIN flow f "
-                        "ON fr.flow_id = f.id")
+            cur.execute(
+                "SELECT fr.state_type, f.name FROM flow_run fr JOIN flow f ON fr.flow_id = f.id"
+            )
             flow_runs = cur.fetchall()
             cur.execute("SELECT count(*) FROM task_run")
             n_tasks = cur.fetchone()[0]
@@ -400,8 +470,11 @@ def test_no_secret_in_logs_or_output(backends_stack, grid, moto_s3):
     # every file the services wrote: their logs and Ray's session logs (*.log/out/err)
     logs = sorted(p for p in (backends_stack.run_dir / "logs").rglob("*") if p.is_file())
     assert {p.name for p in logs} >= {"mlflow.log", "prefect.log", "ray.log"}
-    logs += [p for p in Path(grid["_run_dir"]).rglob("*")
-             if p.is_file() and p.suffix in (".log", ".out", ".err", ".txt", ".json")]
+    logs += [
+        p
+        for p in Path(grid["_run_dir"]).rglob("*")
+        if p.is_file() and p.suffix in (".log", ".out", ".err", ".txt", ".json")
+    ]
     for p in logs:
         texts[str(p)] = p.read_text(errors="replace")
     for where, text in texts.items():

@@ -63,7 +63,8 @@ def run_grid(env, run_dir: Path, data: Path) -> dict:
     )
     assert proc.returncode == 0, proc.stderr[-6000:]
     # a quiet console: no MLflow warnings or "View run" links, no Prefect/Ray log lines
-    assert "View run" not in proc.stderr and "pickle" not in proc.stderr.lower()
+    assert "View run" not in proc.stderr + proc.stdout and "pickle" not in proc.stderr.lower()
+    assert len(proc.stdout.strip().splitlines()) == 1  # the JSON alone
     assert " | INFO " not in proc.stderr and "WARNING" not in proc.stderr, proc.stderr
     assert len(proc.stderr.splitlines()) <= 80, proc.stderr
     assert (run_dir / "logs" / "grid.log").stat().st_size > 0

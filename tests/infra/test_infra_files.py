@@ -55,7 +55,7 @@ def test_prefect_yaml_steps_exist_and_take_their_arguments(prefect_yaml):
     steps = list(_steps(prefect_yaml))
     assert steps
     for step in steps:
-        (fqn, kwargs), = step.items()
+        ((fqn, kwargs),) = step.items()
         module, _, name = fqn.rpartition(".")
         fn = getattr(importlib.import_module(module), name)
         args = {k: v for k, v in kwargs.items() if k not in ("id", "requires")}
@@ -84,8 +84,14 @@ def test_prefect_yaml_parameters_make_a_valid_grid(prefect_yaml):
 
     for dep in prefect_yaml["deployments"]:
         p = dep["parameters"]["params"]
-        cfg = grid_config(p["preset"], data=p["data"], methods=p["methods"],
-                          fractions=p["fractions"], seeds=p["seeds"], overrides=p["overrides"])
+        cfg = grid_config(
+            p["preset"],
+            data=p["data"],
+            methods=p["methods"],
+            fractions=p["fractions"],
+            seeds=p["seeds"],
+            overrides=p["overrides"],
+        )
         assert cfg.methods == p["methods"] and cfg.fractions == p["fractions"]
         assert p["workdir"].startswith(SHARED + "/")
 
@@ -130,8 +136,7 @@ def _env(service: dict) -> dict:
 
 def test_compose_has_the_services(compose):
     services = compose["services"]
-    assert {"postgres", "minio", "mlflow", "prefect", "ray-head", "ray-gpu-worker"} <= set(
-        services)
+    assert {"postgres", "minio", "mlflow", "prefect", "ray-head", "ray-gpu-worker"} <= set(services)
     for name, svc in services.items():
         build = svc.get("build")
         if build:
@@ -177,7 +182,8 @@ def test_compose_skinadv_services_point_at_the_compose_services(compose):
 
 def test_compose_gpu_worker_reserves_nvidia_gpus(compose):
     devices = compose["services"]["ray-gpu-worker"]["deploy"]["resources"]["reservations"][
-        "devices"]
+        "devices"
+    ]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
     assert "--num-gpus=0" in compose["services"]["ray-head"]["command"]
 
@@ -193,8 +199,11 @@ def test_compose_has_no_literal_secrets(compose):
     assert userinfos
     for userinfo in userinfos:
         assert re.fullmatch(r"\$\{\w+\}", userinfo.rsplit(":", 1)[1]), userinfo
-    example = dict(line.split("=", 1) for line in (INFRA / ".env.example").read_text()
-                   .splitlines() if line and not line.startswith("#"))
+    example = dict(
+        line.split("=", 1)
+        for line in (INFRA / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert all(v == "" for k, v in example.items() if SECRET_NAME.search(k))
     assert ".env" in (INFRA / ".gitignore").read_text().split()
 
@@ -212,13 +221,18 @@ def test_ray_cluster_config_matches_rays_schema_with_gpu_workers():
     types = cfg["available_node_types"]
     assert cfg["head_node_type"] in types
     assert types[cfg["head_node_type"]]["resources"].get("GPU", 0) == 0
-    gpu = [t for n, t in types.items() if n != cfg["head_node_type"]
-           and t["resources"].get("GPU", 0) >= 1]
+    gpu = [
+        t
+        for n, t in types.items()
+        if n != cfg["head_node_type"] and t["resources"].get("GPU", 0) >= 1
+    ]
     assert gpu and all(t["max_workers"] >= 1 for t in gpu)
     setup = "\n".join(cfg["setup_commands"])
     src = next(remote for remote, local in cfg["file_mounts"].items() if local == ".")
-    assert f"pip install --python ~/skinadv-venv/bin/python {src.replace('/home/ubuntu', '~')}" \
+    assert (
+        f"pip install --python ~/skinadv-venv/bin/python {src.replace('/home/ubuntu', '~')}"
         in setup
+    )
     assert f" {SHARED}" in setup  # the shared work folder is mounted on every node
 
 
@@ -233,22 +247,34 @@ def test_kuberay_manifest_has_head_and_gpu_workers_with_service_env():
     dockerfile = (INFRA / "docker" / "skinadv.Dockerfile").read_text()
     assert f"ARG RAY_VERSION={spec['rayVersion']}" in dockerfile  # one Ray version everywhere
     pods = [spec["headGroupSpec"]["template"]["spec"]] + [
-        g["template"]["spec"] for g in spec["workerGroupSpecs"]]
+        g["template"]["spec"] for g in spec["workerGroupSpecs"]
+    ]
     for pod in pods:
         for c in pod["containers"]:
             names = {e["name"] for e in c["env"]}
-            assert {"PREFECT_API_URL", "MLFLOW_TRACKING_URI"} <= names <= CODE_ENV | {
-                "RAY_USAGE_STATS_ENABLED"}
+            assert (
+                {"PREFECT_API_URL", "MLFLOW_TRACKING_URI"}
+                <= names
+                <= CODE_ENV | {"RAY_USAGE_STATS_ENABLED"}
+            )
             assert not any(SECRET_NAME.search(e["name"]) for e in c["env"])  # Secret only
             assert {"name": "shared", "mountPath": SHARED} in c["volumeMounts"]
-        claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
-                  if "persistentVolumeClaim" in v}
+        claims = {
+            v["persistentVolumeClaim"]["claimName"]
+            for v in pod["volumes"]
+            if "persistentVolumeClaim" in v
+        }
         assert claims == {"skinadv-shared"}
     head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in head["resources"]["limits"]
-    gpu_groups = [g for g in spec["workerGroupSpecs"]
-                  if int(g["template"]["spec"]["containers"][0]["resources"]["limits"]
-                         .get("nvidia.com/gpu", 0)) >= 1]
+    gpu_groups = [
+        g
+        for g in spec["workerGroupSpecs"]
+        if int(
+            g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)
+        )
+        >= 1
+    ]
     assert gpu_groups and all(g["maxReplicas"] >= 1 for g in gpu_groups)
     (pvc,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
     assert pvc["metadata"]["name"] == "skinadv-shared"
@@ -260,10 +286,16 @@ def test_kuberay_manifest_has_head_and_gpu_workers_with_service_env():
 
 def test_readme_documents_every_file_and_variable():
     text = (INFRA / "README.md").read_text()
-    for name in ("prefect.yaml", "compose.yaml", "ray-cluster.yaml", "kuberay-raycluster.yaml",
-                 *CODE_ENV, "--run-dir", "skinadv serve"):
+    for name in (
+        "prefect.yaml",
+        "compose.yaml",
+        "ray-cluster.yaml",
+        "kuberay-raycluster.yaml",
+        *CODE_ENV,
+        "--run-dir",
+        "skinadv serve",
+    ):
         assert name in text, name
     files = {p.name for p in INFRA.iterdir() if p.is_file() and p.suffix == ".yaml"}
-    assert files == {"prefect.yaml", "compose.yaml", "ray-cluster.yaml",
-                     "kuberay-raycluster.yaml"}
+    assert files == {"prefect.yaml", "compose.yaml", "ray-cluster.yaml", "kuberay-raycluster.yaml"}
     assert os.path.isfile(INFRA / "docker" / "mlflow.Dockerfile")

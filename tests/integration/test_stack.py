@@ -338,7 +338,7 @@ def test_up_command_stops_what_it_started_on_sigterm(stack: Stack, tmp_path: Pat
         rest = "".join(iter(lines.get_nowait, None))
     finally:
         if proc.poll() is None:  # a failed check above: SIGTERM first, so the MLflow it
-            proc.terminate()     # started is stopped too (SIGKILL would leave it running)
+            proc.terminate()  # started is stopped too (SIGKILL would leave it running)
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
