@@ -125,4 +125,5 @@ def examples_figure(examples: Sequence[Example]) -> plt.Figure:
 def fig_png(fig: plt.Figure, *, dpi: int = 110) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)  # pyplot keeps every figure alive otherwise (a grid makes dozens)
     return buf.getvalue()
