@@ -31,7 +31,15 @@ from skinadv.data.sources import absolute_spec
 from skinadv.evaluation.checks import Check
 from skinadv.results import ModelResult
 from skinadv.stack import worker_env
-from tasks.grid import craft_pool, gather, model_label, prepare_data, train_cell, train_vanilla
+from tasks.grid import (
+    craft_pool,
+    gather,
+    model_label,
+    prepare_data,
+    train_cell,
+    train_defence,
+    train_vanilla,
+)
 from tasks.refs import GridRun, TrainedModel
 
 POOL_COST_ORDER = ("pgd", "mix", "fgsm")  # the costliest pool first: it is the critical path
@@ -108,6 +116,10 @@ def grid_flow(params: GridParams = GridParams()) -> GridOutcome:  # noqa: B008
                 for m, f in itertools.product(cfg.methods, cfg.fractions):
                     models[model_label(m, f, seed)] = train_cell.submit(
                         cfg, data, vanilla, pools[m], method=m, fraction=f, seed=seed, grid=grid
+                    )
+                for d in cfg.defences:  # on-the-fly adversarial training: no pool
+                    models[f"{d.name} s{seed}"] = train_defence.submit(
+                        cfg, data, vanilla, defence=d, seed=seed, grid=grid
                     )
         done, failed = settle(models)
         context = _context(cfg, params, data.result(), grid)

@@ -13,20 +13,18 @@ import json
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from skinadv.attacks._common import NORMS, check_eps
+from skinadv.results import eps_label
+
 METHODS: tuple[str, ...] = ("fgsm", "pgd", "mix")
-NORMS: tuple[str, ...] = ("linf", "l2")
-
-
-def check_eps(eps: float, what: str = "eps") -> float:
-    """``eps`` is a perturbation budget in [0, 1] pixel units; negative makes no sense."""
-    if not eps >= 0:  # also catches NaN
-        raise ValueError(f"{what} must be >= 0 (a budget in [0, 1] pixel units), got {eps}")
-    return eps
+#: on-the-fly adversarial training (every batch attacked while training)
+DefenceMethod = Literal["pgd-at", "trades", "fast-at"]
+DEFENCES: tuple[str, ...] = get_args(DefenceMethod)
 
 
 def check_fraction(fraction: float) -> float:
@@ -41,6 +39,17 @@ def check_method(method: str) -> str:
             f"unknown adversarial training method {method!r}; choose one of {', '.join(METHODS)}"
         )
     return method
+
+
+def parse_eps(v: Any) -> Any:
+    """``"8/255"`` -> 8 / 255 (budgets are usually quoted in 255ths); anything else as is."""
+    if isinstance(v, str) and "/" in v:
+        num, _, den = v.partition("/")
+        try:
+            return float(num) / float(den)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"cannot read {v!r} as a budget (e.g. 8/255 or 0.03)") from None
+    return v
 
 
 class _Config(BaseModel):
@@ -130,19 +139,49 @@ class MIFGSMConfig(_Config):
         return v if v is None else check_eps(v, info.field_name)
 
 
+class APGDConfig(_Config):
+    """APGD-CE / APGD-DLR (Croce & Hein 2020), parameter-free but for the budget.
+
+    ``eps`` 0.3 mirrors pgd's; robustness sweeps pass their own eps per budget.
+    """
+
+    eps: float = 0.3
+    steps: int = Field(100, ge=1)
+    restarts: int = Field(1, ge=1)
+    rho: float = Field(0.75, gt=0.0, le=1.0)
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, v: float) -> float:
+        return check_eps(v)
+
+
+#: attack name -> its AttackConfig section (both APGD losses share one)
+_ATTACK_SECTIONS = {
+    "fgsm": "fgsm",
+    "pgd": "pgd",
+    "mifgsm": "mifgsm",
+    "apgd_ce": "apgd",
+    "apgd_dlr": "apgd",
+}
+
+
 class AttackConfig(_Config):
     """Attack settings (paper: FGSM eps 0.2; PGD L-inf eps 0.3, alpha 0.2, 50 steps)."""
 
     fgsm: FGSMConfig = FGSMConfig()
     pgd: PGDConfig = PGDConfig()
     mifgsm: MIFGSMConfig = MIFGSMConfig()
+    apgd: APGDConfig = APGDConfig()
     batch_size: int = Field(256, ge=1)
 
     def kwargs(self, attack: str) -> dict[str, Any]:
         """Keyword arguments for ``ATTACKS[attack]`` (e.g. ``{"eps": 0.2}`` for fgsm)."""
-        if attack not in ("fgsm", "pgd", "mifgsm"):
-            raise ValueError(f"unknown attack {attack!r}; choose one of fgsm, pgd, mifgsm")
-        return getattr(self, attack).model_dump()
+        if attack not in _ATTACK_SECTIONS:
+            raise ValueError(
+                f"unknown attack {attack!r}; choose one of {', '.join(_ATTACK_SECTIONS)}"
+            )
+        return getattr(self, _ATTACK_SECTIONS[attack]).model_dump()
 
     def specs(self, attacks: Iterable[str] = ("fgsm", "pgd")) -> dict[str, dict[str, Any]]:
         """Attack specs for ``evaluate``: ``{name: {"attack": name, **kwargs}}``."""
@@ -178,6 +217,81 @@ class AdvTrainConfig(_Config):
         return check_fraction(v)
 
 
+class RobustConfig(_Config):
+    """The white-box robustness sweep every model gets (empty ``eps``: none).
+
+    Each eps is attacked with every attack of ``attacks``; an image counts as robust only if
+    none fools it (the per-example worst case). PGD runs ``pgd_steps`` steps of
+    2.5 * eps / pgd_steps from a random start; the APGD attacks are parameter-free.
+    """
+
+    eps: list[float] = Field(default_factory=list)
+    attacks: list[str] = Field(default_factory=lambda: ["pgd"])
+    pgd_steps: int = Field(20, ge=1)
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _eps_255(cls, v: Any) -> Any:
+        return [parse_eps(e) for e in v] if isinstance(v, list) else v
+
+    @field_validator("eps")
+    @classmethod
+    def _eps(cls, v: list[float]) -> list[float]:
+        return [check_eps(e) for e in v]
+
+    @field_validator("attacks")
+    @classmethod
+    def _attacks(cls, v: list[str]) -> list[str]:
+        from skinadv.attacks.registry import ATTACKS
+
+        unknown = [a for a in v if a not in ATTACKS]
+        if unknown or not v:
+            raise ValueError(
+                f"robust.attacks: unknown {unknown or 'empty list'}; available: "
+                f"{', '.join(sorted(ATTACKS))}"
+            )
+        return v
+
+
+class DefenceConfig(_Config):
+    """On-the-fly adversarial training: every training batch is attacked as it is used.
+
+    ``pgd-at`` (Madry et al. 2018): train on PGD-``steps`` examples, random start.
+    ``trades`` (Zhang et al. 2019): CE(f(x), y) + ``beta`` * KL(f(x) || f(x_adv)).
+    ``fast-at`` (Wong et al. 2020): FGSM from a uniform random start, with a guard that
+    restores the best epoch when PGD accuracy on a fixed training batch drops by more than
+    ``guard_drop`` (catastrophic overfitting).
+    """
+
+    method: DefenceMethod
+    eps: float  # L-inf training budget in [0, 1] pixel units
+    steps: int = Field(5, ge=1)  # PGD steps (pgd-at, trades); fast-at takes one
+    beta: float = Field(6.0, ge=0.0)  # trades' robustness weight
+    alpha: float | None = None  # None: 2.5 * eps / steps (pgd-at, trades), 1.25 * eps (fast-at)
+    guard_drop: float = Field(0.2, gt=0.0, le=1.0)  # fast-at: accuracy drop (fraction)
+
+    @field_validator("eps", "alpha", mode="before")
+    @classmethod
+    def _budget_255(cls, v: Any) -> Any:
+        return parse_eps(v)
+
+    @field_validator("eps", "alpha")
+    @classmethod
+    def _budget(cls, v: float | None, info: Any) -> float | None:
+        return v if v is None else check_eps(v, info.field_name)
+
+    @property
+    def name(self) -> str:
+        """``pgd-at@2_255``: the method and training budget, as in metric names."""
+        return f"{self.method}@{eps_label(self.eps)}"
+
+    def step_size(self) -> float:
+        """``alpha``, or the method's default when it is None."""
+        if self.alpha is not None:
+            return self.alpha
+        return 1.25 * self.eps if self.method == "fast-at" else 2.5 * self.eps / self.steps
+
+
 class ExperimentConfig(_Config):
     """Everything one grid run needs: data, model, attacks, training and the grid axes."""
 
@@ -189,6 +303,9 @@ class ExperimentConfig(_Config):
     methods: list[str] = Field(default_factory=lambda: list(METHODS))
     fractions: list[float] = Field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
     seeds: list[int] = Field(default_factory=lambda: [0])
+    robust: RobustConfig = RobustConfig()
+    #: on-the-fly defences trained beside the static grid (none in the shipped presets)
+    defences: list[DefenceConfig] = Field(default_factory=list)
 
     @field_validator("methods")
     @classmethod
@@ -352,16 +469,21 @@ def describe_error(exc: BaseException) -> str:
 
 
 __all__ = [
+    "DEFENCES",
     "METHODS",
     "NORMS",
+    "APGDConfig",
     "AdvTrainConfig",
     "AttackConfig",
     "DataConfig",
+    "DefenceConfig",
+    "DefenceMethod",
     "ExperimentConfig",
     "FGSMConfig",
     "MIFGSMConfig",
     "ModelConfig",
     "PGDConfig",
+    "RobustConfig",
     "TrainConfig",
     "apply_overrides",
     "available_presets",

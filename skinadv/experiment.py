@@ -14,6 +14,7 @@ tasks/ wrap these one-to-one; a notebook can call them directly:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -23,13 +24,14 @@ import torch
 from torch import nn
 
 from skinadv import __version__
-from skinadv.config import ExperimentConfig, config_hash
+from skinadv.config import DefenceConfig, ExperimentConfig, config_hash
 from skinadv.data import CLASSES, Dataset
 from skinadv.evaluation import evaluate
 from skinadv.evaluation.checks import eps_sweep, sweep
 from skinadv.evaluation.evaluate import craft_transfer_sets, predict
+from skinadv.evaluation.robust import robust_curve
 from skinadv.report import Example
-from skinadv.results import Evaluation, ModelResult, cell_name
+from skinadv.results import Evaluation, ModelResult, RobustPoint, cell_name
 from skinadv.training import TrainResult, fit
 
 log = logging.getLogger(__name__)
@@ -82,9 +84,18 @@ def train_model(
     *,
     seed: int,
     on_epoch=None,
+    defence: DefenceConfig | None = None,
 ) -> TrainResult:
-    """A freshly initialised ``cfg.model`` trained with ``cfg.train`` under ``seed``."""
-    return fit(cfg.model, train, cfg.train.model_copy(update={"seed": seed}), on_epoch=on_epoch)
+    """A freshly initialised ``cfg.model`` trained with ``cfg.train`` under ``seed``; with a
+    ``defence``, every batch is attacked as it is used (on-the-fly adversarial training)."""
+    train_cfg = cfg.train.model_copy(update={"seed": seed})
+    return fit(cfg.model, train, train_cfg, on_epoch=on_epoch, defence=defence)
+
+
+def defence_hash(vanilla: str, defence: DefenceConfig) -> str:
+    """Keys reuse of an on-the-fly defence: the settings its vanilla model is keyed by (data,
+    model, training, attacks, seed) and the defence's own."""
+    return config_hash({"kind": "defence", "base": vanilla, "defence": defence.model_dump()})
 
 
 def attack_specs(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
@@ -117,6 +128,7 @@ def evaluate_both(
     fraction: float | None = None,
     seed: int = 0,
     run_id: str | None = None,
+    cell: str | None = None,
 ) -> ModelResult:
     """Score ``model`` under both protocols.
 
@@ -131,14 +143,43 @@ def evaluate_both(
         whitebox = transfer.as_protocol("whitebox")
     else:
         whitebox = evaluate(model, x, y, protocol="whitebox", **common)
+    curve = robustness_curve(cfg, model, test, seed=seed) if cfg.robust.eps else []
     return ModelResult(
-        cell=cell_name(method, fraction),
+        cell=cell or cell_name(method, fraction),
         seed=seed,
         transfer=transfer,
         whitebox=whitebox,
         method=method,
         fraction=fraction,
         run_id=run_id,
+        curve=tuple(curve),
+    )
+
+
+def robust_spec(cfg: ExperimentConfig, attack: str, eps: float) -> dict[str, Any]:
+    """An attack of the robustness sweep at ``eps``: PGD with ``cfg.robust.pgd_steps`` steps
+    of 2.5 * eps / steps (Madry et al.), any other attack with its configured settings."""
+    if attack == "pgd":
+        steps = cfg.robust.pgd_steps
+        return {"eps": eps, "alpha": 2.5 * eps / steps, "steps": steps, "random_start": True}
+    return {**cfg.attack.kwargs(attack), "eps": eps}
+
+
+def robustness_curve(
+    cfg: ExperimentConfig, model: nn.Module, test: Dataset, *, seed: int = 0
+) -> list[RobustPoint]:
+    """White-box robust accuracy at each ``cfg.robust.eps``, worst case over
+    ``cfg.robust.attacks``, on the whole test set."""
+    x, y = test.to_float()
+    return robust_curve(
+        model,
+        x,
+        y,
+        cfg.robust.eps,
+        functools.partial(robust_spec, cfg),
+        cfg.robust.attacks,
+        batch_size=cfg.attack.batch_size,
+        seed=seed,
     )
 
 

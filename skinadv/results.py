@@ -101,6 +101,57 @@ class Evaluation:
         return cls(d["protocol"], int(d["n"]), d["metrics"], d.get("attacks", {}))
 
 
+def eps_label(eps: float) -> str:
+    """``2/255`` -> ``2_255``, ``0.3`` -> ``0.3``: an eps as it appears in metric names."""
+    plain, k = f"{eps:g}", eps * 255
+    if len(plain) > 5 and abs(k - round(k)) < 1e-6:
+        return f"{round(k)}_255"
+    return plain
+
+
+@dataclass(frozen=True)
+class RobustPoint:
+    """White-box robust accuracy at one budget: an image counts as robust only if every
+    attack of the ensemble (e.g. PGD, APGD-CE, APGD-DLR) leaves it correctly classified
+    (the per-example worst case).
+
+    Args:
+        eps: L-inf budget in [0, 1] pixel units.
+        accuracy, balanced_accuracy: over the test set, fractions in [0, 1].
+        mel_recall: melanoma recall under the worst case (None when no melanoma is scored).
+        attacks: the ensemble's attack names.
+    """
+
+    eps: float
+    accuracy: float
+    balanced_accuracy: float
+    mel_recall: float | None = None
+    attacks: tuple[str, ...] = ()
+
+    def metrics(self) -> dict[str, float]:
+        """``robust_2_255_accuracy``, ``robust_2_255_balanced_accuracy``, ..."""
+        out = {
+            f"robust_{eps_label(self.eps)}_accuracy": self.accuracy,
+            f"robust_{eps_label(self.eps)}_balanced_accuracy": self.balanced_accuracy,
+        }
+        if self.mel_recall is not None:
+            out[f"robust_{eps_label(self.eps)}_mel_recall"] = self.mel_recall
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "attacks": list(self.attacks)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RobustPoint:
+        return cls(
+            float(d["eps"]),
+            float(d["accuracy"]),
+            float(d["balanced_accuracy"]),
+            None if d.get("mel_recall") is None else float(d["mel_recall"]),
+            tuple(d.get("attacks", ())),
+        )
+
+
 @dataclass(frozen=True)
 class ModelResult:
     """One trained model (the vanilla model or a grid cell) scored under both protocols.
@@ -111,6 +162,8 @@ class ModelResult:
         transfer, whitebox: its two evaluations.
         method, fraction: the grid axes (None for the vanilla model).
         run_id: its MLflow run, when it has one.
+        curve: white-box robust accuracy as eps grows (``RobustPoint``s, ascending eps),
+            when the preset asks for the sweep.
     """
 
     cell: str
@@ -120,6 +173,7 @@ class ModelResult:
     method: str | None = None
     fraction: float | None = None
     run_id: str | None = None
+    curve: tuple[RobustPoint, ...] = ()
 
     @property
     def key(self) -> str:
@@ -142,6 +196,8 @@ class ModelResult:
                     v = ev.value(attack, metric)
                     if v is not None:
                         flat[metric_key(protocol, attack, metric)] = v
+        for point in self.curve:
+            flat.update(point.metrics())
         return flat
 
     def record(self) -> dict[str, Any]:
@@ -163,6 +219,7 @@ class ModelResult:
             "fraction": self.fraction,
             "run_id": self.run_id,
             "evaluation": {p: ev.to_dict() for p, ev in self.evaluations().items()},
+            "curve": [p.to_dict() for p in self.curve],
         }
 
     @classmethod
@@ -176,6 +233,7 @@ class ModelResult:
             method=d.get("method"),
             fraction=None if d.get("fraction") is None else float(d["fraction"]),
             run_id=run_id or d.get("run_id"),
+            curve=tuple(RobustPoint.from_dict(p) for p in d.get("curve", ())),
         )
 
 
@@ -189,7 +247,9 @@ __all__ = [
     "PROTOCOLS",
     "Evaluation",
     "ModelResult",
+    "RobustPoint",
     "Sweeps",
     "cell_name",
+    "eps_label",
     "metric_key",
 ]

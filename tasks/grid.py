@@ -21,7 +21,7 @@ from prefect.states import Completed, State
 
 from skinadv import experiment as exp
 from skinadv import tracking
-from skinadv.config import ExperimentConfig
+from skinadv.config import DefenceConfig, ExperimentConfig
 from skinadv.data import load_dataset
 from skinadv.data.io import atomic_write_npz
 from skinadv.evaluation.checks import Check, sanity_checks
@@ -134,13 +134,15 @@ def _train_and_score(
     config_hash: str,
     params: dict[str, Any],
     transfer: str | None,
-    vanilla_weights: str | None = None,
+    defence: DefenceConfig | None = None,
 ) -> TrainedModel:
     """Train, score both protocols and log, inside one MLflow run this function owns.
 
     The vanilla model (``method`` None) also crafts the transfer sets (from itself, so
-    ``transfer`` is where to write them) and the sanity sweeps."""
-    cell = cell_name(method, fraction)
+    ``transfer`` is where to write them) and the sanity sweeps. A ``defence`` trains on the
+    fly (its ``method`` is the defence's)."""
+    cell = defence.name if defence is not None else cell_name(method, fraction)
+    kind = "vanilla" if method is None else "defence" if defence is not None else "cell"
     stale = tracking.kill_stale(grid.experiment, config_hash, reason="attempt died; retried")
     if stale:
         get_run_logger().warning("%s: marked %d dead attempt(s) KILLED", cell, len(stale))
@@ -149,7 +151,7 @@ def _train_and_score(
     with tracking.owned_run(
         grid.experiment,
         name=f"{cell}-s{seed}",
-        kind="vanilla" if method is None else "cell",
+        kind=kind,
         params=params,
         tags={tracking.TAG_HASH: config_hash, tracking.TAG_CELL: cell},
         parent_run_id=grid.parent_run_id,
@@ -164,7 +166,7 @@ def _train_and_score(
             }
             tracking.log_metrics(run_id, metrics, step=s.epoch)
 
-        trained = exp.train_model(cfg, train, seed=seed, on_epoch=on_epoch)
+        trained = exp.train_model(cfg, train, seed=seed, on_epoch=on_epoch, defence=defence)
         save_model(trained.model, weights, {"seed": seed, "config_hash": config_hash, "cell": cell})
         payload: dict[str, Any] = {}
         if method is None:
@@ -182,9 +184,13 @@ def _train_and_score(
             fraction=fraction,
             seed=seed,
             run_id=run_id,
+            cell=cell,
         )
         tracking.set_stage(run_id, "logging")
-        tracking.log_metrics(run_id, {**result.flat_metrics(), "train_seconds": trained.seconds})
+        cost = {f"train_{k}": v for k, v in trained.cost.as_dict().items()}
+        tracking.log_metrics(run_id, {**result.flat_metrics(), **cost})
+        if trained.guard_triggered:  # fast-at's catastrophic-overfitting guard
+            tracking.set_tags(run_id, {"skinadv.guard": f"restored epoch {trained.kept_epoch}"})
         tracking.log_result(run_id, {**result.to_dict(), **payload})
         tracking.log_figure(run_id, exp.confusion_figure(result), "confusion_matrix.png")
         files = [weights, Path(str(weights) + ".json")]
@@ -338,6 +344,55 @@ def train_cell(
         config_hash=h,
         params=params,
         transfer=transfer,
+    )
+    return Completed(data=model, message=_key_figure(model.result))
+
+
+def _defence_run_name() -> str:
+    """``pgd-at@2_255 s0``: the defence's name in the Prefect UI and the progress table."""
+    from prefect.runtime import task_run
+
+    p = task_run.parameters
+    return f"{p['defence'].name} s{p['seed']}"
+
+
+@task(name="train-defence", task_run_name=_defence_run_name, retries=2, retry_delay_seconds=5)
+def train_defence(
+    cfg: ExperimentConfig,
+    data: DataRef,
+    vanilla: TrainedModel,
+    *,
+    defence: DefenceConfig,
+    seed: int,
+    grid: GridRun,
+) -> State:
+    """Train a fresh model adversarially on the fly (PGD-AT, TRADES, Fast-AT), score it
+    under both protocols and end its run."""
+    _use_assigned_threads()
+    h = exp.defence_hash(vanilla.config_hash, defence)
+    run = _reusable(grid, h)
+    if run is not None:
+        return _reused(grid, run, h, grid.path("models", f"{defence.name}-{h}.pt"))
+    params = {
+        **_params(cfg, data, seed, h),
+        "method": defence.method,
+        "fraction": "none",
+        "train_eps": defence.eps,
+        "defence": defence.model_dump(),
+        "vanilla_run_id": vanilla.run_id,
+    }
+    model = _train_and_score(
+        cfg,
+        data,
+        load_dataset(data.train),
+        grid=grid,
+        method=defence.method,
+        fraction=None,
+        seed=seed,
+        config_hash=h,
+        params=params,
+        transfer=_transfer_sets(vanilla),
+        defence=defence,
     )
     return Completed(data=model, message=_key_figure(model.result))
 

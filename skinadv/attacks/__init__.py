@@ -5,13 +5,12 @@ returns a detached x_adv in [0, 1] on x's device, within ``eps`` (pixel units) o
 """
 
 from skinadv.attacks._common import NORMS, AttackFn, _l2_project, _linf_project
+from skinadv.attacks.apgd import apgd_ce, apgd_dlr, dlr_loss
 from skinadv.attacks.craft import craft, eval_mode, resolve_attack
 from skinadv.attacks.fgsm import fgsm
 from skinadv.attacks.mifgsm import mifgsm
 from skinadv.attacks.pgd import pgd
-
-#: name -> attack function. A new entry is picked up by the parametrized tests.
-ATTACKS: dict[str, AttackFn] = {"fgsm": fgsm, "pgd": pgd, "mifgsm": mifgsm}
+from skinadv.attacks.registry import ATTACKS
 
 __all__ = [
     "ATTACKS",
@@ -19,7 +18,10 @@ __all__ = [
     "AttackFn",
     "_l2_project",
     "_linf_project",
+    "apgd_ce",
+    "apgd_dlr",
     "craft",
+    "dlr_loss",
     "eval_mode",
     "fgsm",
     "mifgsm",

@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skinadv.config import NORMS, check_eps
+#: The threat models the attacks support (the single definition; config re-exports it).
+NORMS: tuple[str, ...] = ("linf", "l2")
+
+
+def check_eps(eps: float, what: str = "eps") -> float:
+    """``eps`` is a perturbation budget in [0, 1] pixel units; negative makes no sense."""
+    if not eps >= 0:  # also catches NaN
+        raise ValueError(f"{what} must be >= 0 (a budget in [0, 1] pixel units), got {eps}")
+    return eps
 
 
 class AttackFn(Protocol):
@@ -53,8 +61,19 @@ def _target_labels(target: Tensor | int | None, y: Tensor) -> Tensor | None:
     return t
 
 
-def _input_grad(model: nn.Module, x_adv: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradient of the per-example cross-entropy w.r.t. the input only.
+#: A per-example loss: (logits (N, K), labels (N,)) -> (N,).
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def ce_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-example cross-entropy, (N,)."""
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def _input_grad(
+    model: nn.Module, x_adv: Tensor, labels: Tensor, loss_fn: LossFn = ce_loss
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradient of a per-example loss (default cross-entropy) w.r.t. the input only.
 
     Returns (grad, loss (N,), logits (N, K)), all detached. ``torch.autograd.grad`` leaves
     every parameter's ``.grad`` untouched.
@@ -62,7 +81,7 @@ def _input_grad(model: nn.Module, x_adv: Tensor, labels: Tensor) -> tuple[Tensor
     x_adv = x_adv.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x_adv)
-        loss = F.cross_entropy(logits, labels, reduction="none")
+        loss = loss_fn(logits, labels)
         # sum: each example's gradient is its own, whatever the batch size
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
     return grad.detach(), loss.detach(), logits.detach()

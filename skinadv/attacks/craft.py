@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def resolve_attack(attack: str | AttackFn) -> AttackFn:
     """An attack function from its name in ``ATTACKS`` (or the function itself)."""
-    from skinadv.attacks import ATTACKS
+    from skinadv.attacks.registry import ATTACKS  # here: the attacks import craft's helpers
 
     if callable(attack):
         return attack
@@ -107,7 +107,8 @@ def craft(
         model: returns logits.
         images: (N, 3, H, W) float in [0, 1] (tensor or numpy).
         labels: (N,) int64 true labels.
-        attack: a name in ``ATTACKS`` (``fgsm``, ``pgd``, ``mifgsm``) or an attack function.
+        attack: a name in ``ATTACKS`` (``fgsm``, ``pgd``, ``mifgsm``, ``apgd_ce``,
+            ``apgd_dlr``) or an attack function.
         batch_size: examples per attack call.
         device: where to compute (default: the model's device). The model is moved there
             for the call and moved back afterwards.

@@ -178,9 +178,15 @@ def grid(
             )
             name = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
             labels = [
-                model_label(m, f, s)
+                label
                 for s in cfg.seeds
-                for m, f in [(None, None), *itertools.product(cfg.methods, cfg.fractions)]
+                for label in [
+                    *(
+                        model_label(m, f, s)
+                        for m, f in [(None, None), *itertools.product(cfg.methods, cfg.fractions)]
+                    ),
+                    *(f"{d.name} s{s}" for d in cfg.defences),
+                ]
             ]
             try:
                 with GridProgress(labels, name, console):

@@ -15,8 +15,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skinadv.config import METHODS
-from skinadv.results import METRICS, PROTOCOLS, ModelResult, metric_key
+from skinadv.report.frame import (
+    HIGH,
+    LOW,
+    eps_of,
+    on_the_fly,
+    results_frame,
+    robust_columns,
+    robust_key,
+    static_cells,
+    vanilla_row,
+    with_interval,
+)
+from skinadv.results import METRICS, PROTOCOLS, ModelResult, eps_label, metric_key
 
 #: The paper's two attacks, in table order.
 ATTACKS: tuple[str, ...] = ("fgsm", "pgd")
@@ -32,88 +43,43 @@ PAPER_BEST = {
 _ACC_BAL = ("accuracy", "balanced_accuracy")
 
 
-def _order(method: str | None, fraction: float | None) -> tuple[int, str, float]:
-    """Vanilla first, then the paper's methods in order, then any other, by fraction."""
-    if method is None:
-        return (-1, "", 0.0)
-    rank = METHODS.index(method) if method in METHODS else len(METHODS)
-    return (rank, method, fraction or 0.0)
-
-
-def sort_results(results: Sequence[ModelResult]) -> list[ModelResult]:
-    """Vanilla, then methods x fractions, then seed."""
-    return sorted(results, key=lambda r: (*_order(r.method, r.fraction), r.seed))
-
-
-def results_frame(results: Sequence[ModelResult]) -> pd.DataFrame:
-    """One row per cell: ``cell, method, fraction, seeds`` and every flat metric in percent,
-    the mean over the cell's seeds (``method`` and ``fraction`` are None for vanilla)."""
-    if not results:
-        raise ValueError("no results to report")
-    records = [r.record() for r in sort_results(results)]
-    df = pd.DataFrame(records)
-    values = [c for c in df.columns if c.startswith(("clean_", *(f"{p}_" for p in PROTOCOLS)))]
-    df[values] = df[values].astype(float) * 100.0
-    grouped = df.groupby("cell", sort=False)
-    out = grouped[values].mean()
-    ident = grouped[["method", "fraction"]].first()  # one method / fraction per cell
-    out.insert(0, "seeds", grouped.size())
-    out.insert(0, "fraction", ident["fraction"].astype(float))
-    out.insert(0, "method", ident["method"])
-    return out.reset_index()
-
-
-def _vanilla(frame: pd.DataFrame) -> pd.Series:
-    vanilla = frame[frame["method"].isna()]
-    if vanilla.empty:
-        raise ValueError("no vanilla result in the results")
-    return vanilla.iloc[0]
-
-
-def _cells(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame["method"].notna()]
-
-
 def table1(frame: pd.DataFrame) -> pd.DataFrame:
-    """Vanilla model: clean / FGSM / PGD accuracy and balanced accuracy under each protocol,
-    and the paper's Table 1 (accuracy only)."""
-    v = _vanilla(frame)
-    cols = [f"{a}_{m}" for a in ("clean", *ATTACKS) for m in _ACC_BAL]
-    rows: list[dict[str, Any]] = [
-        {
-            "protocol": "white-box" if p == "whitebox" else p,
-            "seeds": v["seeds"],
-            **{
-                f"{a}_{m}": v.get(metric_key(p, a, m), np.nan)
-                for a in ("clean", *ATTACKS)
-                for m in _ACC_BAL
-            },
-        }
-        for p in PROTOCOLS
-    ]
+    """Vanilla model: clean / FGSM / PGD accuracy and balanced accuracy (each with its
+    interval) under each protocol, and the paper's Table 1 (accuracy only)."""
+    v = vanilla_row(frame)
+    names = [f"{a}_{m}" for a in ("clean", *ATTACKS) for m in _ACC_BAL]
+    rows: list[dict[str, Any]] = []
+    for p in PROTOCOLS:
+        row: dict[str, Any] = {"protocol": "white-box" if p == "whitebox" else p}
+        row["seeds"] = v["seeds"]
+        for a in ("clean", *ATTACKS):
+            for m in _ACC_BAL:
+                key = metric_key(p, a, m)
+                for end in ("", LOW, HIGH):
+                    row[f"{a}_{m}{end}"] = v.get(key + end, np.nan)
+        rows.append(row)
     rows.append({"protocol": "paper", **{f"{a}_accuracy": x for a, x in PAPER_VANILLA.items()}})
-    return pd.DataFrame(rows, columns=["protocol", "seeds", *cols])
+    cols = ["protocol", "seeds", *(n + e for n in names for e in ("", LOW, HIGH))]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def grid_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Every cell (method x fraction): clean metrics, then accuracy and balanced accuracy
-    under each attack and protocol."""
+    """Every static cell (method x fraction): clean metrics, then accuracy and balanced
+    accuracy under each attack and protocol, each with its interval."""
     cols = [
-        "method",
-        "fraction",
-        "seeds",
         "clean_accuracy",
         "clean_balanced_accuracy",
         "clean_mel_recall",
         *(metric_key(p, a, m) for p in PROTOCOLS for a in ATTACKS for m in _ACC_BAL),
     ]
-    return _cells(frame).reindex(columns=cols).reset_index(drop=True)
+    cols = ["method", "fraction", "seeds", *with_interval(frame, cols)]
+    return static_cells(frame).reindex(columns=cols).reset_index(drop=True)
 
 
 def best_cells(frame: pd.DataFrame) -> pd.DataFrame:
     """Per method, the cell with the highest mean of clean, transfer FGSM and transfer PGD
     accuracy: the paper's choice of best split."""
-    cells = _cells(frame)
+    cells = static_cells(frame)
     if cells.empty:
         return cells
     score = cells[["clean_accuracy", "transfer_fgsm_accuracy", "transfer_pgd_accuracy"]].mean(
@@ -127,9 +93,6 @@ def table2(frame: pd.DataFrame) -> pd.DataFrame:
     """Best split per method (see ``best_cells``), white-box beside transfer, then the
     paper's best cell for that method."""
     cols = [
-        "method",
-        "fraction",
-        "seeds",
         "clean_accuracy",
         "clean_balanced_accuracy",
         *(
@@ -142,11 +105,46 @@ def table2(frame: pd.DataFrame) -> pd.DataFrame:
             )
         ),
     ]
+    cols = ["method", "fraction", "seeds", *with_interval(frame, cols)]
     out = best_cells(frame).reindex(columns=cols).rename(columns={"fraction": "best_fraction"})
     for key in ("fraction", "clean", *ATTACKS):
         col = f"paper_{key}" if key == "fraction" else f"paper_{key}_accuracy"
         out[col] = [PAPER_BEST.get(m, {}).get(key, np.nan) for m in out["method"]]
     return out
+
+
+def _robust(frame: pd.DataFrame, metrics: Sequence[str] = _ACC_BAL) -> list[str]:
+    """Robust-curve columns at eps > 0 (eps 0 is the clean accuracy, shown already)."""
+    cols = [c for m in metrics for c in robust_columns(frame, m)]
+    return [c for c in cols if eps_of(robust_key(c)[0]) > 0]
+
+
+def defences_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Defences trained on the fly (``pgd-at``, ``trades``, ...) beside the vanilla model:
+    clean and white-box PGD accuracy and balanced accuracy, and robust balanced accuracy
+    at each eps of the curve when there is one (``robust_table`` has both metrics). Empty
+    when no such defence was run."""
+    rows = on_the_fly(frame)
+    if rows.empty:
+        return rows.reindex(columns=["cell", "seeds"])
+    cols = [
+        "clean_accuracy",
+        "clean_balanced_accuracy",
+        "whitebox_pgd_accuracy",
+        "whitebox_pgd_balanced_accuracy",
+        *_robust(frame, ["balanced_accuracy"]),
+    ]
+    rows = pd.concat([frame[frame["method"].isna()], rows])
+    return rows.reindex(columns=["cell", "seeds", *with_interval(frame, cols)]).reset_index(
+        drop=True
+    )
+
+
+def robust_table(frame: pd.DataFrame, cells: Sequence[str]) -> pd.DataFrame:
+    """The robust-accuracy figure's lines (``curve_cells``) as numbers: worst-case accuracy
+    and balanced accuracy at each eps > 0."""
+    rows = frame.set_index("cell").loc[list(cells)].reset_index()
+    return rows.reindex(columns=["cell", "seeds", *with_interval(frame, _robust(frame))])
 
 
 # --------------------------------------------------------------------------- labels
@@ -167,7 +165,7 @@ _PLAIN = {
     "method": "Method",
     "fraction": "Adv. fraction",
     "best_fraction": "Best fraction",
-    "seeds": "Seeds",
+    "seeds": "n (seeds)",
     "protocol": "Protocol",
     "paper_fraction": "Paper's fraction",
     # sweeps
@@ -187,6 +185,8 @@ GROUPS = {
     "transfer": "Transfer (paper's protocol)",
     "whitebox": "White-box (honest)",
     "paper": "The paper's best cell",
+    "robust_accuracy": "Robust acc. (%), worst case, by eps",
+    "robust_balanced_accuracy": "Robust bal. acc. (%), worst case, by eps",
 }
 _PROTOCOL_WORDS = {"transfer": "transfer", "whitebox": "white-box"}
 
@@ -194,8 +194,15 @@ _PROTOCOL_WORDS = {"transfer": "transfer", "whitebox": "white-box"}
 def column_label(col: str) -> Label:
     """``whitebox_pgd_balanced_accuracy`` -> "PGD white-box bal. acc. (%)" (short "PGD bal.
     acc. (%)" under "White-box ..."); identity columns get a plain word."""
+    if col == "seeds":  # "n" in the narrow HTML header, spelled out elsewhere
+        return Label(_PLAIN[col], "n")
     if col in _PLAIN:
         return Label(_PLAIN[col], _PLAIN[col])
+    robust = robust_key(col)
+    if robust is not None:
+        eps, metric = robust
+        words, at = _METRIC_WORDS[metric], eps_text(eps_of(eps))
+        return Label(f"Robust {words} at eps {at} (%)", at, GROUPS.get(f"robust_{metric}"))
     head, _, rest = col.partition("_")
     protocol = head if head in (*PROTOCOLS, "paper") else None
     if protocol:
@@ -215,6 +222,11 @@ def column_label(col: str) -> Label:
     return Label(full, short, GROUPS[protocol])
 
 
+def eps_text(eps: float) -> str:
+    """A budget as people write it: ``2/255``, or the paper's ``0.3``."""
+    return eps_label(eps).replace("_", "/")
+
+
 def format_value(col: str, v: Any, *, quoted: bool = False) -> str:
     """Fractions as "80 %", counts as integers, ours with one decimal, the paper's numbers
     as it quotes them (2 decimals: ``quoted`` or a ``paper_`` column); missing as a dash.
@@ -225,9 +237,8 @@ def format_value(col: str, v: Any, *, quoted: bool = False) -> str:
         return f"{100 * float(v):.0f} %"
     if col in ("seeds", "steps", "restarts"):
         return str(int(v))
-    if col == "eps":  # small budgets read as k/255
-        k = float(v) * 255
-        return f"{round(k)}/255" if 0 < k < 25.5 and abs(k - round(k)) < 1e-6 else f"{v:g}"
+    if col == "eps":
+        return eps_text(float(v))
     if isinstance(v, (float, np.floating)):
         return f"{v:.2f}" if quoted or col.startswith("paper_") else f"{v:.1f}"
     return str(v)
@@ -237,14 +248,21 @@ def format_value(col: str, v: Any, *, quoted: bool = False) -> str:
 
 
 def results_table(results: Sequence[ModelResult]):
-    """A rich table for the terminal: one row per model (vanilla, then methods x fractions),
-    accuracy then balanced accuracy (%) clean / transfer / white-box; fits 80 columns."""
+    """A rich table for the terminal: one row per model (vanilla, then methods x fractions,
+    then defences trained on the fly), accuracy then balanced accuracy (%) clean /
+    transfer / white-box; fits 80 columns. With several seeds a row is a cell: the mean
+    over its n seeds with the 95 % interval's half-width beneath."""
     from rich import box
     from rich.table import Table
 
+    frame = results_frame(results)
+    several = int(frame["seeds"].max()) > 1
+    caption = "tr: transfer (the paper's protocol), wb: white-box"
+    if several:
+        caption += "\nmean over n seeds, ± half-width of the 95 % interval"
     table = Table(
         title="accuracy | balanced accuracy (%)",
-        caption="tr: transfer (the paper's protocol), wb: white-box",
+        caption=caption,
         box=box.SIMPLE_HEAD,
         collapse_padding=True,
         pad_edge=False,
@@ -253,17 +271,20 @@ def results_table(results: Sequence[ModelResult]):
     table.add_column("model", no_wrap=True)
     columns = [("clean", None)] + [(a, p) for p in PROTOCOLS for a in ATTACKS]
     short = {"transfer": "tr", "whitebox": "wb"}
-    for metric, prefix in (("accuracy", "acc"), ("balanced_accuracy", "bal")):
+    for prefix in ("acc", "bal"):
         for attack, protocol in columns:
             name = "clean" if protocol is None else f"{attack.upper()} {short[protocol]}"
             table.add_column(f"{prefix}\n{name}", justify="right")
-    ordered = sort_results(results)
-    one_seed = len({r.seed for r in ordered}) <= 1
-    for r in ordered:
-        flat = r.flat_metrics()
-        values = [flat.get(metric_key(p, a, m)) for m in _ACC_BAL for a, p in columns]
-        table.add_row(
-            r.cell if one_seed else r.key,
-            *("-" if v is None else f"{100 * v:.1f}" for v in values),
-        )
+
+    def cell(row: pd.Series, key: str) -> str:
+        v = row.get(key, np.nan)
+        if pd.isna(v):
+            return "-"
+        half = (row.get(key + HIGH, np.nan) - row.get(key + LOW, np.nan)) / 2
+        return f"{v:.1f}\n±{half:.1f}" if several and not pd.isna(half) else f"{v:.1f}"
+
+    for _, row in frame.iterrows():
+        keys = [metric_key(p, a, m) for m in _ACC_BAL for a, p in columns]
+        name = f"{row['cell']}\nn={int(row['seeds'])}" if several else row["cell"]
+        table.add_row(name, *(cell(row, k) for k in keys))
     return table

@@ -1,4 +1,5 @@
-"""The report's sentences, generated from the numbers: the headline and the protocol notes."""
+"""The report's sentences, generated from the numbers: the verdict and headline, and the
+protocol notes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from skinadv.report.tables import ATTACKS, PAPER_VANILLA
+from skinadv.report.frame import (
+    HIGH,
+    LOW,
+    eps_of,
+    robust_columns,
+    robust_key,
+    static_cells,
+    vanilla_row,
+)
+from skinadv.report.tables import ATTACKS, PAPER_VANILLA, eps_text
 from skinadv.results import ModelResult
 
 if TYPE_CHECKING:
@@ -26,15 +36,88 @@ METHOD_WORDS = {"fgsm": "FGSM", "pgd": "PGD", "mix": "half FGSM, half PGD"}
 
 def _cell_words(row: pd.Series) -> str:
     """``pgd@0.8 (PGD copies of 80 % of the training set)``."""
+    if pd.isna(row["fraction"]):
+        return f"{row['cell']} (adversarial examples crafted on the fly in training)"
     what = METHOD_WORDS.get(row["method"], row["method"])
     return f"{row['cell']} ({what} copies of {100 * row['fraction']:.0f} % of the training set)"
 
 
-def _eps(results: Sequence[ModelResult], attack: str) -> str:
+def _pm(row: pd.Series, key: str) -> str:
+    """``61.0 ± 2.3 %`` (the 95 % interval's half-width), or ``61.0 %`` without one."""
+    half = (row.get(key + HIGH, np.nan) - row.get(key + LOW, np.nan)) / 2
+    return f"{row[key]:.1f} %" if pd.isna(half) else f"{row[key]:.1f} ± {half:.1f} %"
+
+
+def _seeds(*rows: pd.Series) -> str:
+    """``3 seeds``, ``3 seeds each``, ``3 and 1 seeds``, ``one seed``."""
+    n = [int(r["seeds"]) for r in rows]
+    words = "one seed" if n[0] == 1 else f"{n[0]} seeds"
+    if len(set(n)) > 1:
+        return " and ".join(map(str, n)) + " seeds"
+    return words + (" each" if len(n) > 1 else "")
+
+
+def verdict(frame: pd.DataFrame, results: Sequence[ModelResult]) -> list[str]:
+    """The opening sentences: what the paper's protocol says of the best static defence
+    against what the honest one says, and, with robust curves, who wins at a small eps."""
+    s = []
+    cells = static_cells(frame).dropna(subset=["transfer_pgd_accuracy", "whitebox_pgd_accuracy"])
+    if not cells.empty:
+        best = cells.sort_values(["transfer_pgd_accuracy", "clean_accuracy"]).iloc[-1]
+        s.append(
+            f"Under the paper's protocol the best static defence, {best['cell']}, scores "
+            f"{_pm(best, 'transfer_pgd_accuracy')} against PGD{_eps(results, 'pgd', 'at eps')}; "
+            f"re-running the attack against it gives {_pm(best, 'whitebox_pgd_accuracy')} "
+            f"({_seeds(best)})."
+        )
+    cols = robust_columns(frame, "balanced_accuracy")
+    cols = [c for c in cols if eps_of(robust_key(c)[0]) > 0]
+    if cols:
+        at = next((c for c in cols if robust_key(c)[0] == "2_255"), cols[0])
+        eps = eps_text(eps_of(robust_key(at)[0]))
+        rivals = frame[frame["method"].notna()].dropna(subset=[at])
+        v = vanilla_row(frame)
+        if not rivals.empty:
+            m = rivals.sort_values([at, "clean_accuracy"]).iloc[-1]
+            if pd.isna(v.get(at, np.nan)):
+                s.append(
+                    f"At eps {eps} the best defence is {m['cell']}: robust balanced accuracy "
+                    f"{_pm(m, at)} ({_seeds(m)}; the vanilla model has no robust curve)."
+                )
+            else:
+                s.append(
+                    f"At eps {eps} the best defence is {m['cell']}: robust balanced accuracy "
+                    f"{_pm(m, at)} against the vanilla model's {_pm(v, at)} ({_seeds(m, v)})."
+                )
+    return s
+
+
+def _seeds_sentence(frame: pd.DataFrame) -> str:
+    n = frame["seeds"].astype(int)
+    if n.max() == 1:
+        bounds = frame[[c for c in frame.columns if c.endswith(LOW)]]
+        if bounds.notna().any().any():
+            return (
+                "Each model was trained once (one seed): ± is a bootstrap over test images, "
+                "not over training runs."
+            )
+        return "Each model was trained once (one seed), so no interval can be given."
+    counts = f"n = {n.min()}" if n.min() == n.max() else f"n = {n.min()}–{n.max()}"
+    out = (
+        f"Numbers are means over each model's seeds ({counts}); ± is the half-width of the "
+        "95 % t-interval over seeds."
+    )
+    if n.min() == 1:
+        out += " For models trained once it is a bootstrap over test images."
+    return out
+
+
+def _eps(results: Sequence[ModelResult], attack: str, words: str = "") -> str:
+    """`` (eps 0.3)``, or `` at eps 0.3`` given ``words="at eps"``; empty when unknown."""
     for r in results:
         eps = r.whitebox.eps(attack)
         if eps is not None:
-            return f" (eps {eps:g})"
+            return f" {words} {eps:g}" if words else f" (eps {eps:g})"
     return ""
 
 
@@ -48,17 +131,19 @@ def _where(names: Sequence[str], total: int, noun: str = "cell") -> str:
 def headline(
     frame: pd.DataFrame, results: Sequence[ModelResult], checks: Sequence[Check] = ()
 ) -> str:
-    """The lead paragraph: the vanilla model's clean and white-box numbers beside the
-    paper's, the best defence by white-box PGD accuracy, how far transfer overstates
-    white-box, label leaking, and the sanity checks' verdict.
+    """The lead paragraph: the verdict (``verdict``), the vanilla model's clean and
+    white-box numbers beside the paper's, the best defence by white-box PGD accuracy, how
+    far transfer overstates white-box, label leaking, how many seeds, and the sanity
+    checks' verdict.
 
     Args:
         frame: ``results_frame(results)`` (percent, mean over seeds).
         results: the same results (for the attacks' eps).
         checks: the sanity checks, counted.
     """
-    v = frame[frame["method"].isna()].iloc[0]
-    s = [
+    v = vanilla_row(frame)
+    s = verdict(frame, results)
+    s += [
         (
             f"The vanilla CNN reaches {v['clean_accuracy']:.1f} % clean accuracy "
             f"({v['clean_balanced_accuracy']:.1f} % balanced; the paper reports "
@@ -72,13 +157,14 @@ def headline(
             f"and {wb['pgd']:.1f} % under PGD{_eps(results, 'pgd')}, where the paper reports "
             f"{PAPER_VANILLA['fgsm']:.2f} % and {PAPER_VANILLA['pgd']:.2f} %."
         )
-    cells = frame[frame["method"].notna()]
-    if not cells.empty and "whitebox_pgd_accuracy" in cells:
+    rivals = frame[frame["method"].notna()]  # static cells and defences trained on the fly
+    if "whitebox_pgd_accuracy" in rivals and rivals["whitebox_pgd_accuracy"].notna().any():
         # ties (all 0 % is common) go to the higher clean accuracy
-        best = cells.sort_values(["whitebox_pgd_accuracy", "clean_accuracy"]).iloc[-1]
+        rivals = rivals.dropna(subset=["whitebox_pgd_accuracy"])
+        best = rivals.sort_values(["whitebox_pgd_accuracy", "clean_accuracy"]).iloc[-1]
         if best["whitebox_pgd_accuracy"] < HOLDS_POINTS:
             s.append(
-                f"No adversarially trained cell resists white-box PGD: the best, "
+                f"No adversarially trained model resists white-box PGD: the best, "
                 f"{_cell_words(best)}, keeps {best['whitebox_pgd_accuracy']:.1f} % at "
                 f"{best['clean_accuracy']:.1f} % clean accuracy."
             )
@@ -88,6 +174,8 @@ def headline(
                 f"{best['whitebox_pgd_accuracy']:.1f} % under white-box PGD at "
                 f"{best['clean_accuracy']:.1f} % clean accuracy."
             )
+    cells = static_cells(frame)
+    if not cells.empty and "whitebox_pgd_accuracy" in cells:
         gap = cells["transfer_pgd_accuracy"] - cells["whitebox_pgd_accuracy"]
         worst = cells.loc[gap.idxmax()]
         s.append(
@@ -103,8 +191,7 @@ def headline(
                 f"In {int(leak.sum())} of {len(cells)} cells the transfer PGD accuracy is above "
                 "the clean accuracy: label leaking, not robustness."
             )
-    if int(frame["seeds"].max()) > 1:
-        s.append("Numbers are means over each model's seeds.")
+    s.append(_seeds_sentence(frame))
     if checks:
         warned = sum(not c.ok for c in checks)
         s.append(
@@ -118,7 +205,7 @@ def headline(
 def protocol_notes(frame: pd.DataFrame) -> list[str]:
     """Where the protocols disagree, one sentence per attack and kind: white-box far below
     transfer (transfer overstates robustness), and attacks that 'help' (label leaking)."""
-    cells = frame[frame["method"].notna()]
+    cells = static_cells(frame)
     notes = []
     for attack in ATTACKS:
         t, w = cells.get(f"transfer_{attack}_accuracy"), cells.get(f"whitebox_{attack}_accuracy")

@@ -16,6 +16,8 @@ KWARGS: dict[str, dict[str, Any]] = {
     "fgsm": {"eps": 0.1},
     "pgd": {"eps": 0.1, "alpha": 0.03, "steps": 3},
     "mifgsm": {"eps": 0.1, "steps": 3},
+    "apgd_ce": {"eps": 0.1, "steps": 5},
+    "apgd_dlr": {"eps": 0.1, "steps": 5},
 }
 
 

@@ -24,19 +24,21 @@ def modules() -> dict[str, Path]:
     return out
 
 
-def imports(path: Path) -> set[str]:
-    """Every module named by an import anywhere in the file (top level or in a function)."""
+def imports(path: Path, known: set[str] | frozenset[str] = frozenset()) -> set[str]:
+    """Every module named by an import anywhere in the file (top level or in a function).
+    ``from pkg import mod`` names ``pkg.mod`` alone when that is a module in ``known``."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{a.name}" for a in node.names)
+            subs = {f"{node.module}.{a.name}" for a in node.names}
+            names.update(subs & known if subs <= known else {node.module, *(subs & known)})
         elif isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
     return names
 
 
 def graph() -> dict[str, set[str]]:
+    """Module -> the modules of this repository it imports (a package is its __init__)."""
     mods = modules()
 
     def owner(name: str) -> str | None:
@@ -44,12 +46,10 @@ def graph() -> dict[str, set[str]]:
             name = name.rpartition(".")[0]
         return name or None
 
-    g = {}
-    for m, p in mods.items():
-        targets = {owner(t) for t in imports(p)} - {None, m}
-        # a package importing its own submodules (or a module its parent) is no cycle
-        g[m] = {t for t in targets if not t.startswith(m + ".") and not m.startswith(t + ".")}
-    return g
+    return {
+        m: {o for o in (owner(t) for t in imports(p, set(mods))) if o and o != m}
+        for m, p in mods.items()
+    }
 
 
 def cycles(g: dict[str, set[str]]) -> list[list[str]]:

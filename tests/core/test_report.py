@@ -8,10 +8,14 @@ import re
 from html.parser import HTMLParser
 
 import numpy as np
+import pandas as pd
 import pytest
+from scipy import stats as st
 
 from skinadv.evaluation import Check, craft_transfer_sets, evaluate, sanity_checks
+from skinadv.evaluation.metrics import metrics
 from skinadv.report import (
+    ONE_SEED_NOTE,
     PAPER_VANILLA,
     Example,
     build_report,
@@ -20,7 +24,8 @@ from skinadv.report import (
     save_report,
     table2,
 )
-from skinadv.results import Evaluation, ModelResult, cell_name
+from skinadv.results import Evaluation, ModelResult, RobustPoint, cell_name
+from skinadv.stats import cm_balanced_accuracy, confusion_bootstrap, t_interval
 
 ATTACKS = {"fgsm": {"attack": "fgsm", "eps": 0.2}, "pgd": {"attack": "pgd", "eps": 0.3}}
 CELLS = [(m, f) for m in ("fgsm", "pgd", "mix") for f in (0.2, 0.4, 0.6, 0.8)]
@@ -103,7 +108,9 @@ def test_tables_equal_results_and_pick_best_split(tmp_path):
     assert t1.loc["transfer", "seeds"] == 1
     grid = rep.tables["grid_all_cells"]
     assert len(grid) == 12
-    assert list(zip(grid["method"], grid["fraction"])) == CELLS  # methods x fractions order
+    assert (
+        list(zip(grid["method"], grid["fraction"], strict=True)) == CELLS
+    )  # methods x fractions order
     for r in results[1:]:
         flat = r.flat_metrics()
         row = grid[(grid["method"] == r.method) & (grid["fraction"] == r.fraction)].iloc[0]
@@ -211,7 +218,7 @@ def test_no_index_column_and_human_headers(tmp_path):
         assert not any("_" in h for h in t["th"]), t["th"]  # no machine names
     md = (tmp_path / "report.md").read_text().splitlines()
     heads = [a for a, b in itertools.pairwise(md) if a.startswith("| ") and b.startswith("|-")]
-    assert heads[0].startswith("| Protocol | Seeds | Clean acc. (%) |")
+    assert heads[0].startswith("| Protocol | n (seeds) | Clean acc. (%) |")
     assert any("PGD white-box bal. acc. (%)" in h for h in heads)
     assert not any("_" in h for h in heads)
     assert "70.19" in (tmp_path / "report.md").read_text()  # the paper's numbers as quoted
@@ -222,7 +229,14 @@ def test_no_index_column_and_human_headers(tmp_path):
 def test_headline_has_the_key_numbers(tmp_path):
     results = grid_results()
     rep = report(results)
-    assert rep.headline.startswith("The vanilla CNN reaches 60.0 % clean accuracy")
+    # the verdict opens: the paper's protocol against the honest one, with the seed count
+    best = max(results[1:], key=lambda r: r.flat_metrics()["transfer_pgd_accuracy"])
+    tr, wb = (100 * best.flat_metrics()[f"{p}_pgd_accuracy"] for p in ("transfer", "whitebox"))
+    assert rep.headline.startswith(
+        f"Under the paper's protocol the best static defence, {best.cell}, scores {tr:.1f} % "
+        f"against PGD at eps 0.3; re-running the attack against it gives {wb:.1f} % (one seed)."
+    )
+    assert "The vanilla CNN reaches 60.0 % clean accuracy" in rep.headline
     assert f"{PAPER_VANILLA['clean']:.2f} %" in rep.headline
     assert "keeps 30.0 % under FGSM (eps 0.2) and 10.0 % under PGD (eps 0.3)" in rep.headline
     frame = results_frame(results)
@@ -281,12 +295,8 @@ def test_check_without_cells_renders(tmp_path):
 def test_terminal_table_keeps_cell_names_at_80_columns():
     """The console table of the grid: every row's model name whole even on a narrow
     terminal, in method then fraction order, with the results' numbers in percent."""
-    from rich.console import Console
-
     results = grid_results()[::-1]  # order comes from the table, not the input
-    console = Console(width=80, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
-    console.print(results_table(results))
-    lines = console.export_text().splitlines()
+    lines = console_text(results).splitlines()
     rule = next(i for i, ln in enumerate(lines) if set(ln.strip()) == {"─"})
     body = [ln for ln in lines[rule + 1 :] if ln.strip() and "│" not in ln][: len(results)]
     rows = [ln.split()[0] for ln in body]
@@ -302,11 +312,87 @@ def test_terminal_table_keeps_cell_names_at_80_columns():
     assert not any("…" in ln for ln in lines)  # nothing cut
 
 
-def test_terminal_table_names_seeds():
+def console_text(results) -> str:
     from rich.console import Console
 
-    results = [result(None, None), result("pgd", 0.8, 0), result("pgd", 0.8, 1)]
     console = Console(width=80, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
     console.print(results_table(results))
-    text = console.export_text()
-    assert "vanilla-s0" in text and "pgd@0.8-s0" in text and "pgd@0.8-s1" in text
+    return console.export_text()
+
+
+def scored(cell, seed=0, *, right=(0.7, 0.5, 0.3), top=None):
+    """A ModelResult from real ``metrics()`` of synthetic labels (with confusion matrices):
+    P(correct) clean / FGSM / PGD per ``right``; a robust curve from ``top`` down."""
+    m, _, f = cell.partition("@")  # vanilla, pgd@0.8, pgd-at@2_255 (trained on the fly)
+    method, fraction = (None, None) if cell == "vanilla" else (m, None if "_" in f else float(f))
+    rng = np.random.default_rng([seed, len(cell), int(100 * (fraction or 0))])
+    y = rng.integers(0, 7, 300)
+    right, flip = dict(zip(("clean", "fgsm", "pgd"), right, strict=True)), (y + 1) % 7
+    ms = {k: metrics(y, np.where(rng.uniform(size=300) < p, y, flip)) for k, p in right.items()}
+    ev = [Evaluation(p, 300, ms, ATTACKS) for p in ("transfer", "whitebox")]
+    eps = (0.0, 1 / 255, 2 / 255, 8 / 255, 0.2, 0.3) if top is not None else ()
+    acc = {e: (top + 0.02 * seed) / (1 + 30 * e) for e in eps}
+    curve = tuple(RobustPoint(e, a, a - 0.1) for e, a in acc.items())
+    return ModelResult(cell, seed, *ev, method, fraction, curve=curve)
+
+
+def test_three_seeds_show_mean_and_interval(tmp_path):
+    clean = [0.55, 0.6, 0.68]
+    results = [result(None, None, s, clean=c) for s, c in enumerate(clean)]
+    results += [result("pgd", 0.8, s, clean=c + 0.05) for s, c in enumerate(clean)]
+    rep = report(results)
+    save_report(rep, tmp_path)
+    x = 100 * np.array(clean) + 5
+    low, high = st.t.interval(0.95, 2, loc=x.mean(), scale=st.sem(x))
+    grid = pd.read_csv(tmp_path / "grid_all_cells.csv").iloc[0]
+    assert grid["seeds"] == 3 and grid["clean_accuracy"] == pytest.approx(x.mean())
+    bounds = [grid["clean_accuracy_ci_low"], grid["clean_accuracy_ci_high"]]
+    assert bounds == pytest.approx([low, high])  # scipy's t-interval over the 3 seeds
+    t1 = pd.read_csv(tmp_path / "table1_vanilla.csv", index_col="protocol")
+    assert t1.loc["transfer", "clean_accuracy_ci_high"] == pytest.approx(high - 5)
+    cell = f"{x.mean():.1f} ± {(high - low) / 2:.1f}"
+    assert f"| pgd | 80 % | 3 | {cell} |" in (tmp_path / "report.md").read_text()
+    parser = _Headers()
+    parser.feed((tmp_path / "report.html").read_text())
+    grid_html = parser.tables[-1]
+    assert "n" in grid_html["th"] and grid_html["td"][2:4] == ["3", cell.replace(" ±", "\u202f±")]
+    assert not rep.table_notes and "(n = 3)" in rep.headline and "(3 seeds)" in rep.headline
+    text = console_text(results)  # the console: one row per cell, mean ± half-width, n
+    assert f"{x.mean():.1f}" in text and f"±{(high - low) / 2:.1f}" in text and "n=3" in text
+    assert "pgd@0.8-s0" not in text and max(len(ln) for ln in text.splitlines()) <= 80
+
+
+def test_one_seed_intervals_are_a_bootstrap(tmp_path):
+    results = [scored("vanilla"), scored("pgd@0.8", right=(0.75, 0.7, 0.4))]
+    rep = report(results)
+    save_report(rep, tmp_path)
+    tables = ("table1_vanilla", "table2_best_split", "grid_all_cells")
+    assert rep.table_notes == dict.fromkeys(tables, ONE_SEED_NOTE)
+    assert all(ONE_SEED_NOTE in (tmp_path / f).read_text() for f in ("report.html", "report.md"))
+    row = pd.read_csv(tmp_path / "grid_all_cells.csv").iloc[0]
+    cm = results[1].whitebox.metrics["pgd"]["confusion_matrix"]
+    iv = confusion_bootstrap(cm, cm_balanced_accuracy).scaled(100)
+    b = "whitebox_pgd_balanced_accuracy"
+    low, mean, high = row[b + "_ci_low"], row[b], row[b + "_ci_high"]
+    assert [low, high] == pytest.approx([iv.low, iv.high]) and low < mean < high
+    assert row["seeds"] == 1 and "bootstrap over test images" in rep.headline
+
+
+def test_robust_curve_and_defence_trained_on_the_fly(tmp_path):
+    tops = {"vanilla": 0.2, "fgsm@0.2": 0.3, "pgd@0.4": 0.35, "pgd@0.8": 0.45, "pgd-at@2_255": 0.6}
+    results = [scored(c, s, top=t) for c, t in tops.items() for s in range(3)]
+    rep = report(results)
+    save_report(rep, tmp_path)
+    assert (tmp_path / "robust_vs_eps.png").is_file() and "robust_vs_eps" in rep.figures
+    lines = ["vanilla", "fgsm@0.2", "pgd@0.8", "pgd-at@2_255"]  # each method's best cell
+    assert list(rep.tables["robust_vs_eps"]["cell"]) == lines
+    assert list(rep.tables["defences_on_the_fly"]["cell"]) == ["vanilla", "pgd-at@2_255"]
+    assert set(rep.tables["grid_all_cells"]["method"]) == {"fgsm", "pgd"}
+    bal = [[100 * (t + 0.02 * s) / (1 + 60 / 255) - 10 for s in range(3)] for t in (0.6, 0.2)]
+    m, v = (f"{i.mean:.1f} ± {i.half_width:.1f} %" for i in map(t_interval, bal))
+    assert (
+        f"At eps 2/255 the best defence is pgd-at@2_255: robust balanced accuracy {m} "
+        f"against the vanilla model's {v} (3 seeds each)."
+    ) in rep.headline
+    assert "Defences trained on the fly" in (tmp_path / "report.html").read_text()
+    assert "pgd-at@2_255" in console_text(results)

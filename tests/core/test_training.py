@@ -51,6 +51,16 @@ def test_fit_hook_and_result(small_train):
     assert all(np.isfinite(s.loss) and 0 <= s.train_acc <= 1 and s.seconds > 0 for s in seen)
     assert res.n_train == 203 and res.device == "cpu"
     assert res.model_config["kwargs"] == {"width": 4}
+    # clean training: one gradient evaluation per image per epoch, no defence, no guard
+    assert res.cost.grad_evals == 2 * 203 and res.cost.forwards == res.cost.guard_evals == 0
+    assert res.defence is None and res.kept_epoch == 2 and not res.guard_triggered
+    assert set(seen[0].as_dict()) == {"epoch", "loss", "train_acc", "seconds"}
+
+
+def test_fit_cost_skips_batches_of_one(small_train):
+    x, y = small_train
+    res = fit(ModelConfig(width=4), (x[:129], y[:129]), FAST)  # 64 + 64 + 1: the 1 is skipped
+    assert res.cost.grad_evals == 128 and res.cost.seconds > 0
 
 
 def test_fit_learns_on_real_data(tiny_trained):

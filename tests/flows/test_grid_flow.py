@@ -38,10 +38,9 @@ def run(root, experiment: str, **kw):
 
     from flows.grid import GridParams, grid_flow
 
-    kw = {"methods": METHODS, "fractions": FRACTIONS, **kw}
+    kw = {"methods": METHODS, "fractions": FRACTIONS, "overrides": TINY, **kw}
     params = GridParams(
         data="synthetic:240:3",
-        overrides=TINY,
         experiment=experiment,
         workdir=str(root / experiment / "work"),
         **kw,
@@ -214,3 +213,28 @@ def test_bad_parameters_fail_before_anything_runs():
         GridParams(methods=["nope"])
     with pytest.raises(ValidationError, match="unknown preset"):
         GridParams(preset="nope")
+
+
+def test_on_the_fly_defences_and_the_robust_curve(harness):
+    """A PGD-AT model trains beside the static cells (no pool), every model gets the
+    white-box robust curve (one MLflow metric per eps), and a rerun reuses the defence."""
+    import mlflow
+
+    extra = ["defences=[{method: pgd-at, eps: 8/255, steps: 2}]", "robust.eps=[2/255, 8/255]",
+             "robust.pgd_steps=3"]
+    out = run(harness, "f-def", methods=["fgsm"], fractions=[1.0], overrides=TINY + extra)
+    assert sorted(out.trained) == ["fgsm@1 s0", "pgd-at@8_255 s0", "vanilla s0"]
+    d = next(r for r in out.results if r.method == "pgd-at")
+    assert d.cell == "pgd-at@8_255" and d.fraction is None
+    for r in out.results:
+        assert [p.eps for p in r.curve] == [2 / 255, 8 / 255]
+        assert r.curve[1].accuracy <= r.curve[0].accuracy <= r.transfer.accuracy()
+    c = mlflow.MlflowClient()
+    run_ = c.get_run(d.run_id)
+    assert run_.data.tags["skinadv.kind"] == "defence"
+    assert {"robust_2_255_accuracy", "robust_8_255_balanced_accuracy", "train_grad_evals"} <= set(
+        run_.data.metrics)
+    assert float(run_.data.params["train_eps"]) == pytest.approx(8 / 255)
+    assert_nothing_running("f-def")
+    again = run(harness, "f-def", methods=["fgsm"], fractions=[1.0], overrides=TINY + extra)
+    assert again.trained == [] and "pgd-at@8_255 s0" in again.reused

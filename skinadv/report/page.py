@@ -1,0 +1,142 @@
+"""The report's page: the ``Report`` object, its fixed words, and the order of its
+sections, which the Markdown and HTML renderers (``markup``) both walk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+if TYPE_CHECKING:
+    from skinadv.evaluation.checks import Check
+
+
+@dataclass
+class Report:
+    """Everything the gather step produces; ``save_report`` writes it out.
+
+    Tables keep machine column names (flat metric keys, values in %, each number beside
+    its ``_ci_low`` / ``_ci_high`` bounds); the renderers label them and show
+    "mean ± half-width". ``table_notes`` is a line under a table (e.g. one seed's
+    bootstrap); ``verdict`` is the headline's opening sentences, set in bold.
+    """
+
+    title: str
+    headline: str
+    tables: dict[str, pd.DataFrame]
+    figures: dict[str, plt.Figure] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    context: dict[str, str] = field(default_factory=dict)
+    table_notes: dict[str, str] = field(default_factory=dict)
+    verdict: str = ""
+
+    def lead(self) -> tuple[str, str]:
+        """The headline as (verdict, the rest)."""
+        if self.verdict and self.headline.startswith(self.verdict):
+            return self.verdict, self.headline[len(self.verdict) :]
+        return "", self.headline
+
+
+PROTOCOLS_TEXT = (
+    (
+        "Transfer",
+        (
+            "the FGSM and PGD test sets are crafted once against the vanilla model and "
+            "every model is scored on them (what the paper's numbers imply)."
+        ),
+    ),
+    (
+        "White-box",
+        "each attack is re-run against the model being scored: the honest robustness figure.",
+    ),
+    (
+        "61.0 ± 2.3, n",
+        "the mean over n seeds (training runs) ± the half-width of its 95 % interval: "
+        "Student's t over seeds, or, for a model trained once, a bootstrap over test images.",
+    ),
+)
+CAPTIONS = {
+    "table1_vanilla": "The CNN trained without adversarial examples. Its transfer sets were "
+    "crafted against this very model, so the two protocols coincide here; the paper reports "
+    "accuracy only.",
+    "table2_best_split": "Per method, the fraction with the highest mean of clean, transfer "
+    "FGSM and transfer PGD accuracy (the paper's rule), white-box beside transfer, and the "
+    "paper's best cell.",
+    "accuracy_vs_fraction": "Solid: transfer (the paper's protocol); dashed: white-box; bars: "
+    "95 % intervals. Fraction 0 is the vanilla model; stars are the paper's best cell "
+    "(clean, FGSM, PGD).",
+    "robust_vs_eps": "White-box robust accuracy as the budget grows: an image counts only if "
+    "every attack of the ensemble fails on it. One line per method: the vanilla model, and "
+    "each method's cell with the highest mean robust balanced accuracy over the curve; "
+    "bands: 95 % t-intervals over seeds (none for one seed). Eps 0 is the clean accuracy.",
+    "defences_on_the_fly": "Defences that craft their adversarial examples during training "
+    "(no fixed fraction), beside the vanilla model; their robust accuracy is in the table "
+    "under the robust-accuracy figure.",
+    "grid_all_cells": "Every cell. Mel. recall: melanoma sensitivity on clean images.",
+    "sweeps": "PGD accuracy as one setting grows, on a subset of the test set (the grid "
+    "sweeps the vanilla model).",
+    "checks": 'Carlini et al. 2019, "On Evaluating Adversarial Robustness": each check '
+    "once, with the models (cell-seed) it concerns.",
+    "adversarial_examples": "Images the vanilla model classifies correctly and gets wrong "
+    "under attack; the perturbation is amplified for display.",
+}
+
+#: A section: ``(heading, caption, kind, payload)``; kind is ``table``, ``tables``,
+#: ``figure``, ``notes`` or ``checks``.
+Section = tuple[str, str, str, Any]
+
+
+def sections(report: Report) -> list[Section]:
+    """The page's sections in order; those without content are left out."""
+    t, f = report.tables, report.figures
+    out: list[Section] = [
+        ("Table 1 — the vanilla model", CAPTIONS["table1_vanilla"], "table", "table1_vanilla"),
+        (
+            "Table 2 — best split per method",
+            CAPTIONS["table2_best_split"],
+            "table",
+            "table2_best_split",
+        ),
+    ]
+    if "accuracy_vs_fraction" in f:
+        out.append(
+            (
+                "Accuracy vs adversarial fraction",
+                CAPTIONS["accuracy_vs_fraction"],
+                "figure",
+                "accuracy_vs_fraction",
+            )
+        )
+    if "robust_vs_eps" in f:
+        out.append(("Robust accuracy vs eps", CAPTIONS["robust_vs_eps"], "figure", "robust_vs_eps"))
+    if "robust_vs_eps" in t:
+        out.append(("", "", "table", "robust_vs_eps"))  # the figure's numbers, under it
+    if "defences_on_the_fly" in t:
+        out.append(
+            (
+                "Defences trained on the fly",
+                CAPTIONS["defences_on_the_fly"],
+                "table",
+                "defences_on_the_fly",
+            )
+        )
+    if report.notes:
+        out.append(("Where the two protocols disagree", "", "notes", report.notes))
+    out.append(("Sanity checks", CAPTIONS["checks"], "checks", report.checks))
+    out.append(("All cells", CAPTIONS["grid_all_cells"], "table", "grid_all_cells"))
+    sweeps = [n for n in t if n.startswith("sweep_")]
+    if sweeps:
+        out.append(("Attack strength sweeps", CAPTIONS["sweeps"], "tables", sweeps))
+    if "adversarial_examples" in f:
+        out.append(
+            (
+                "Adversarial examples",
+                CAPTIONS["adversarial_examples"],
+                "figure",
+                "adversarial_examples",
+            )
+        )
+    return out

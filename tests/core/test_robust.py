@@ -1,0 +1,69 @@
+"""The white-box robustness sweep: worst case over an attack ensemble, monotone in eps,
+equal to running each attack on the whole set and taking the per-example worst case."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from skinadv.evaluation import predict, run_attack
+from skinadv.evaluation.robust import robust_curve
+
+EPS = (0.0, 1 / 255, 2 / 255, 8 / 255, 0.3)
+
+
+def spec_for(attack: str, eps: float) -> dict:
+    if attack == "pgd":
+        return {"eps": eps, "alpha": 2.5 * eps / 10, "steps": 10, "random_start": True}
+    return {"eps": eps}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_trained, tiny_test):
+    """The shared narrow CNN trained on 2000 real images, and 200 real test images."""
+    x, y = tiny_test
+    return tiny_trained.model, x[:200], y[:200]
+
+
+def test_curve_is_non_increasing_and_starts_at_clean_accuracy(trained):
+    model, x, y = trained
+    points = robust_curve(model, x, y, EPS[::-1], spec_for, ("fgsm", "pgd"))
+    assert [p.eps for p in points] == sorted(EPS)
+    acc = [p.accuracy for p in points]
+    assert all(b <= a for a, b in zip(acc, acc[1:], strict=False))
+    pred, _ = predict(model, x)
+    assert acc[0] == pytest.approx(float((pred == np.asarray(y)).mean()))
+    assert acc[-1] < acc[0]  # eps 0.3 fools most images
+    assert points[1].attacks == ("fgsm", "pgd")
+    assert points[2].metrics()["robust_2_255_accuracy"] == points[2].accuracy
+
+
+def test_curve_equals_the_per_example_worst_case_of_whole_set_attacks(trained):
+    """Attacking only the still-robust images gives the same answer as attacking every
+    image with every attack and taking the worst case per image."""
+    model, x, y = trained
+    eps = 2 / 255
+    (point,) = robust_curve(model, x, y, [eps], spec_for, ("fgsm", "pgd"), seed=0)
+    correct = predict(model, x)[0] == np.asarray(y)
+    for attack in ("fgsm", "pgd"):
+        x_adv = run_attack(model, x, y, {"attack": attack, **spec_for(attack, eps)}, seed=0)
+        correct &= predict(model, x_adv)[0] == np.asarray(y)
+    # PGD's random start depends on which images share a batch: allow one image's difference
+    assert point.accuracy == pytest.approx(correct.mean(), abs=1.5 / len(correct))
+
+
+def test_an_ensemble_is_never_weaker_than_its_members(trained):
+    model, x, y = trained
+    eps = [2 / 255]
+    both = robust_curve(model, x, y, eps, spec_for, ("fgsm", "pgd"))[0].accuracy
+    for attack in ("fgsm", "pgd"):
+        assert both <= robust_curve(model, x, y, eps, spec_for, (attack,))[0].accuracy + 1e-9
+
+
+def test_the_model_is_left_in_its_mode(trained):
+    model, x, y = trained
+    model.train()
+    robust_curve(model, torch.as_tensor(x[:20]), torch.as_tensor(y[:20]), [2 / 255], spec_for)
+    assert model.training
+    model.eval()
