@@ -137,11 +137,11 @@ def test_a_failing_cell_fails_the_flow_naming_it_and_the_rest_finish(harness, mo
 
     real = exp.train_model
 
-    def flaky(cfg, train, *, seed, on_epoch=None):
+    def flaky(cfg, train, *, seed, on_epoch=None, defence=None):
         n = len(train[1]) if isinstance(train, tuple) else len(train)
         if n == flaky.n_pgd_full:
             raise RuntimeError("injected failure")
-        return real(cfg, train, seed=seed, on_epoch=on_epoch)
+        return real(cfg, train, seed=seed, on_epoch=on_epoch, defence=defence)
 
     # pgd@1 trains on the training set + a full pool: twice the training set
     from flows.grid import GridParams
