@@ -33,6 +33,8 @@ TINY = [
     "attack.pgd.steps=3",
     "--set",
     "model.width=8",
+    "--set",
+    "seeds=[0]",
 ]
 EXPERIMENT = "e2e-backends"
 ARTIFACT_PREFIX = "mlflow"

@@ -13,6 +13,7 @@ TINY = [
     "attack.pgd.steps=2",
     "attack.batch_size=128",
     "data.subset=null",
+    "seeds=[0]",
 ]
 METHODS = ["fgsm", "pgd"]
 FRACTIONS = [0.5, 1.0]

@@ -23,6 +23,8 @@ TINY = [
     "attack.pgd.steps=3",
     "--set",
     "model.width=8",
+    "--set",
+    "seeds=[0]",
 ]
 METRIC_KEYS = [
     f"{p}_{a}_{m}"

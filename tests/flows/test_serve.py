@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-TINY = ["data.subset=400", "train.epochs=1", "attack.pgd.steps=3", "model.width=8"]
+TINY = ["data.subset=400", "train.epochs=1", "attack.pgd.steps=3", "model.width=8", "seeds=[0]"]
 EXPERIMENT = "it-serve"
 DEPLOYMENT = "it-serve"
 CRON = "0 3 * * *"
