@@ -118,6 +118,36 @@ def transfer_sets(
     )
 
 
+def score_protocol(
+    cfg: ExperimentConfig,
+    model: nn.Module,
+    test: Dataset,
+    protocol: str,
+    *,
+    sets: Mapping[str, np.ndarray] | None = None,
+    seed: int = 0,
+) -> Evaluation:
+    """``model`` under one protocol: the attacks and settings of ``evaluate_both``.
+
+    Args:
+        protocol: ``transfer`` (scores ``sets``, from ``transfer_sets``) or ``whitebox``
+            (re-runs each attack against ``model``).
+        sets: the transfer sets; needed for ``transfer`` only.
+        seed: seeds the white-box attacks' random starts.
+    """
+    x, y = test.to_float()
+    return evaluate(
+        model,
+        x,
+        y,
+        attacks=attack_specs(cfg),
+        protocol=protocol,
+        transfer_sets=sets if protocol == "transfer" else None,
+        batch_size=cfg.attack.batch_size,
+        seed=seed,
+    )
+
+
 def evaluate_both(
     cfg: ExperimentConfig,
     model: nn.Module,
@@ -135,14 +165,11 @@ def evaluate_both(
     ``method=None`` marks the vanilla model: its transfer sets *are* its white-box attacks
     (same attack, same seed, same model), so they are scored once and reported twice.
     """
-    x, y = test.to_float()
-    specs = attack_specs(cfg)
-    common = {"attacks": specs, "batch_size": cfg.attack.batch_size, "seed": seed}
-    transfer = evaluate(model, x, y, protocol="transfer", transfer_sets=sets, **common)
+    transfer = score_protocol(cfg, model, test, "transfer", sets=sets, seed=seed)
     if method is None:
         whitebox = transfer.as_protocol("whitebox")
     else:
-        whitebox = evaluate(model, x, y, protocol="whitebox", **common)
+        whitebox = score_protocol(cfg, model, test, "whitebox", seed=seed)
     curve = robustness_curve(cfg, model, test, seed=seed) if cfg.robust.eps else []
     return ModelResult(
         cell=cell or cell_name(method, fraction),
@@ -307,39 +334,6 @@ def model_cell(meta: Mapping[str, Any]) -> tuple[str | None, float | None]:
     adv = meta.get("adv") or meta  # the CLI also writes "adv"; the grid, top-level keys
     method, fraction = adv.get("method"), adv.get("fraction")
     return method, None if fraction is None else float(fraction)
-
-
-# --------------------------------------------------------------------------- one protocol (CLI)
-
-
-def score_protocol(
-    cfg: ExperimentConfig,
-    model: nn.Module,
-    test: Dataset,
-    protocol: str,
-    *,
-    sets: Mapping[str, np.ndarray] | None = None,
-    seed: int = 0,
-) -> Evaluation:
-    """``model`` under one protocol, with the attacks and settings ``evaluate_both`` uses.
-
-    Args:
-        protocol: ``transfer`` (scores ``sets``, from ``transfer_sets``) or ``whitebox``
-            (re-runs each attack against ``model``).
-        sets: the transfer sets; needed for ``transfer`` only.
-        seed: seeds the white-box attacks' random starts.
-    """
-    x, y = test.to_float()
-    return evaluate(
-        model,
-        x,
-        y,
-        attacks=attack_specs(cfg),
-        protocol=protocol,
-        transfer_sets=sets if protocol == "transfer" else None,
-        batch_size=cfg.attack.batch_size,
-        seed=seed,
-    )
 
 
 def set_threads(n: int) -> None:

@@ -142,10 +142,6 @@ def log_artifact_files(
         c.log_artifact(run_id, str(p), artifact_path)
 
 
-def log_text(run_id: str, text: str, artifact_file: str) -> None:
-    client().log_text(run_id, text, artifact_file)
-
-
 def finish_run(run_id: str, *, complete: bool = True, status: str = "FINISHED") -> None:
     c = client()
     if complete:
@@ -232,10 +228,6 @@ def run_url(run_id: str) -> str:
         return f"runs:/{run_id}"
     run = client().get_run(run_id)
     return f"{uri}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
-
-
-def get_run(run_id: str):
-    return client().get_run(run_id)
 
 
 def set_tags(run_id: str, tags: Mapping[str, str]) -> None:

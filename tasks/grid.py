@@ -68,13 +68,12 @@ def _reusable(grid: GridRun, config_hash: str):
     return None if grid.force else tracking.find_complete(grid.experiment, config_hash)
 
 
-def _reused(
-    grid: GridRun, run, config_hash: str, weights: Path, transfer: Path | None = None
-) -> State:
+def _reused(grid: GridRun, run, config_hash: str, transfer: Path | None = None) -> State:
     # an attempt of an earlier grid that died (Ctrl-C, a killed worker) may be RUNNING still
     tracking.kill_stale(grid.experiment, config_hash, reason="attempt died; a complete run exists")
     result, _ = tracking.load_result(run.info.run_id)
-    model = TrainedModel(result, config_hash, str(weights), transfer and str(transfer), True)
+    weights = str(grid.weights(result.cell, config_hash))
+    model = TrainedModel(result, config_hash, weights, transfer and str(transfer), True)
     return Completed(
         data=model,
         name="Reused",
@@ -146,7 +145,7 @@ def _train_and_score(
     stale = tracking.kill_stale(grid.experiment, config_hash, reason="attempt died; retried")
     if stale:
         get_run_logger().warning("%s: marked %d dead attempt(s) KILLED", cell, len(stale))
-    weights = grid.path("models", f"{cell}-{config_hash}.pt")
+    weights = grid.weights(cell, config_hash)
     test = load_dataset(data.test)
     with tracking.owned_run(
         grid.experiment,
@@ -227,10 +226,9 @@ def train_vanilla(cfg: ExperimentConfig, data: DataRef, *, seed: int, grid: Grid
     _use_assigned_threads()
     h = exp.vanilla_hash(cfg, data.fingerprint, seed)
     transfer = grid.path("adv", f"transfer-{h}.npz")
-    weights = grid.path("models", f"vanilla-{h}.pt")
     run = _reusable(grid, h)
     if run is not None:
-        return _reused(grid, run, h, weights, transfer)
+        return _reused(grid, run, h, transfer)
     params = {**_params(cfg, data, seed, h), "method": "none", "fraction": 0.0}
     model = _train_and_score(
         cfg,
@@ -318,7 +316,7 @@ def train_cell(
     h = _cell_hash(cfg, vanilla, method, fraction)
     run = _reusable(grid, h)
     if run is not None:
-        return _reused(grid, run, h, grid.path("models", f"{cell_name(method, fraction)}-{h}.pt"))
+        return _reused(grid, run, h)
     if pool.path is None:
         raise RuntimeError(f"the {method} pool was skipped but {method}@{fraction:g} needs it")
     x, y = load_dataset(data.train).to_float()
@@ -372,7 +370,7 @@ def train_defence(
     h = exp.defence_hash(vanilla.config_hash, defence)
     run = _reusable(grid, h)
     if run is not None:
-        return _reused(grid, run, h, grid.path("models", f"{defence.name}-{h}.pt"))
+        return _reused(grid, run, h)
     params = {
         **_params(cfg, data, seed, h),
         "method": defence.method,

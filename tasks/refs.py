@@ -36,6 +36,10 @@ class GridRun:
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
+    def weights(self, cell: str, config_hash: str) -> Path:
+        """Where a model's state dict lives in the work folder (trained here or fetched)."""
+        return self.path("models", f"{cell}-{config_hash}.pt")
+
 
 @dataclass(frozen=True)
 class DataRef:

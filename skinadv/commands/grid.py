@@ -84,7 +84,7 @@ def _print_outcome(outcome, seconds: float) -> None:
     console.print(results_table(outcome.results))
     for check in outcome.checks:
         colour = "green" if check.ok else "yellow"
-        cells = f" [dim]({', '.join(check.cells)})[/]" if getattr(check, "cells", ()) else ""
+        cells = f" [dim]({', '.join(check.cells)})[/]" if check.cells else ""
         console.print(
             f"[{colour}]{check.status.upper()}[/] {check.name}: {check.detail}{cells}",
             highlight=False,
