@@ -230,7 +230,9 @@ def _context(cfg: ExperimentConfig, params: GridParams, data: Any, grid: GridRun
         "preset": cfg.name,
         "data": cfg.data.spec,
         "data kind": data.kind,
-        "images (train after oversampling / test)": f"{data.n_train} / {data.n_test}",
+        "images (train after oversampling / validation / test)": (
+            f"{data.n_train} / {data.n_val} / {data.n_test}"
+        ),
         "fingerprint": data.fingerprint,
         "seeds": cfg.seeds,
         "parent run": grid.parent_run_id,

@@ -30,8 +30,9 @@ from skinadv.evaluation import evaluate
 from skinadv.evaluation.checks import eps_sweep, sweep
 from skinadv.evaluation.evaluate import craft_transfer_sets, predict
 from skinadv.evaluation.robust import robust_curve
+from skinadv.evaluation.targeted import targeted_success
 from skinadv.report import Example
-from skinadv.results import Evaluation, ModelResult, RobustPoint, cell_name
+from skinadv.results import VAL, Evaluation, ModelResult, RobustPoint, TargetedPoint, cell_name
 from skinadv.training import TrainResult, fit
 
 log = logging.getLogger(__name__)
@@ -103,19 +104,41 @@ def attack_specs(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
 
 
 def transfer_sets(
-    cfg: ExperimentConfig, vanilla: nn.Module, test: Dataset, *, seed: int = 0, progress: Any = None
+    cfg: ExperimentConfig,
+    vanilla: nn.Module,
+    test: Dataset,
+    *,
+    seed: int = 0,
+    progress: Any = None,
+    val: Dataset | None = None,
 ) -> dict[str, np.ndarray]:
-    """FGSM / PGD test sets crafted once against the vanilla model (transfer protocol)."""
-    x, y = test.to_float()
-    return craft_transfer_sets(
-        vanilla,
-        x,
-        y,
-        attack_specs(cfg),
-        batch_size=cfg.attack.batch_size,
-        seed=seed,
-        progress=progress,
-    )
+    """FGSM / PGD test sets crafted once against the vanilla model (transfer protocol);
+    with a validation split, its own sets too, under ``val_fgsm`` / ``val_pgd``."""
+    sets = {}
+    for prefix, ds in (("", test), (VAL, val)):
+        if ds is None:
+            continue
+        x, y = ds.to_float()
+        crafted = craft_transfer_sets(
+            vanilla,
+            x,
+            y,
+            attack_specs(cfg),
+            batch_size=cfg.attack.batch_size,
+            seed=seed,
+            progress=progress,
+        )
+        sets.update({prefix + k: v for k, v in crafted.items()})
+    return sets
+
+
+def split_sets(
+    sets: Mapping[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``transfer_sets``' output as (test sets, validation sets), each keyed by attack."""
+    test = {k: v for k, v in sets.items() if not k.startswith(VAL)}
+    val = {k.removeprefix(VAL): v for k, v in sets.items() if k.startswith(VAL)}
+    return test, val
 
 
 def score_protocol(
@@ -159,18 +182,30 @@ def evaluate_both(
     seed: int = 0,
     run_id: str | None = None,
     cell: str | None = None,
+    val: Dataset | None = None,
 ) -> ModelResult:
-    """Score ``model`` under both protocols.
+    """Score ``model`` under both protocols (and the robust curve and targeted attacks the
+    preset asks for) on the test set, and on the validation split ``val`` for selection.
 
     ``method=None`` marks the vanilla model: its transfer sets *are* its white-box attacks
     (same attack, same seed, same model), so they are scored once and reported twice.
+    ``sets`` is ``transfer_sets``' output (with the validation sets when ``val`` is given).
     """
+    sets, val_sets = split_sets(sets)
     transfer = score_protocol(cfg, model, test, "transfer", sets=sets, seed=seed)
     if method is None:
         whitebox = transfer.as_protocol("whitebox")
     else:
         whitebox = score_protocol(cfg, model, test, "whitebox", seed=seed)
     curve = robustness_curve(cfg, model, test, seed=seed) if cfg.robust.eps else []
+    validation, val_robust = None, None
+    if val is not None:
+        if not val_sets:
+            raise ValueError("a validation split was given without its transfer sets")
+        validation = score_protocol(cfg, model, val, "transfer", sets=val_sets, seed=seed)
+        (val_robust,) = robustness_curve(
+            cfg, model, val, seed=seed, eps=[cfg.robust.select_eps], attacks=["pgd"]
+        )
     return ModelResult(
         cell=cell or cell_name(method, fraction),
         seed=seed,
@@ -180,6 +215,9 @@ def evaluate_both(
         fraction=fraction,
         run_id=run_id,
         curve=tuple(curve),
+        validation=validation,
+        val_robust=val_robust,
+        targeted=tuple(targeted_attacks(cfg, model, test, seed=seed)),
     )
 
 
@@ -193,18 +231,44 @@ def robust_spec(cfg: ExperimentConfig, attack: str, eps: float) -> dict[str, Any
 
 
 def robustness_curve(
-    cfg: ExperimentConfig, model: nn.Module, test: Dataset, *, seed: int = 0
+    cfg: ExperimentConfig,
+    model: nn.Module,
+    test: Dataset,
+    *,
+    seed: int = 0,
+    eps: list[float] | None = None,
+    attacks: list[str] | None = None,
 ) -> list[RobustPoint]:
-    """White-box robust accuracy at each ``cfg.robust.eps``, worst case over
-    ``cfg.robust.attacks``, on the whole test set."""
+    """White-box robust accuracy at each ``cfg.robust.eps`` (or ``eps``), worst case over
+    ``cfg.robust.attacks`` (or ``attacks``), on the whole of ``test``."""
     x, y = test.to_float()
     return robust_curve(
         model,
         x,
         y,
-        cfg.robust.eps,
+        cfg.robust.eps if eps is None else eps,
         functools.partial(robust_spec, cfg),
-        cfg.robust.attacks,
+        cfg.robust.attacks if attacks is None else attacks,
+        batch_size=cfg.attack.batch_size,
+        seed=seed,
+    )
+
+
+def targeted_attacks(
+    cfg: ExperimentConfig, model: nn.Module, test: Dataset, *, seed: int = 0
+) -> list[TargetedPoint]:
+    """Success rates of the preset's targeted attacks (``robust.targeted`` at each
+    ``robust.targeted_eps``; PGD as in the robust curve); empty when it asks for none."""
+    if not (cfg.robust.targeted and cfg.robust.targeted_eps):
+        return []
+    x, y = test.to_float()
+    return targeted_success(
+        model,
+        x,
+        y,
+        cfg.robust.targeted,
+        cfg.robust.targeted_eps,
+        functools.partial(robust_spec, cfg),
         batch_size=cfg.attack.batch_size,
         seed=seed,
     )
@@ -246,7 +310,7 @@ def pick_examples(model: nn.Module, test: Dataset, sets: Mapping[str, np.ndarray
     x, y = test.to_float()
     pred, prob = predict(model, x)
     out = []
-    for attack, x_adv in sets.items():
+    for attack, x_adv in split_sets(sets)[0].items():
         apred, aprob = predict(model, x_adv)
         fooled = np.flatnonzero((pred == y) & (apred != y))
         i = int(fooled[np.argmax(aprob[fooled, apred[fooled]])]) if fooled.size else 0
@@ -294,7 +358,7 @@ def confusion_figure(result: ModelResult):
 # --------------------------------------------------------------------------- saved models (CLI)
 
 #: data settings that define the split; a saved model records them so its test side is reused
-SPLIT_KEYS = ("size", "test_size", "seed", "group_by_lesion", "oversample", "subset")
+SPLIT_KEYS = ("size", "test_size", "val_size", "seed", "group_by_lesion", "oversample", "subset")
 
 
 def check_model_data(

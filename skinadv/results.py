@@ -153,6 +153,43 @@ class RobustPoint:
 
 
 @dataclass(frozen=True)
+class TargetedPoint:
+    """A targeted white-box attack on the images of one class: how often it turns them
+    into another (``mel`` -> ``nv``: a missed cancer; ``nv`` -> ``mel``: a false alarm).
+
+    Args:
+        source, target: class names.
+        eps: L-inf budget in [0, 1] pixel units.
+        n: the ``source`` images the model classifies correctly when clean (attacked).
+        success: the fraction of those the attack makes the model call ``target``
+            (None when ``n`` is 0).
+    """
+
+    source: str
+    target: str
+    eps: float
+    n: int
+    success: float | None
+
+    @property
+    def key(self) -> str:
+        """``targeted_mel_nv_2_255_success``: its metric name."""
+        return f"targeted_{self.source}_{self.target}_{eps_label(self.eps)}_success"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TargetedPoint:
+        s = d.get("success")
+        return cls(d["source"], d["target"], float(d["eps"]), int(d["n"]), s and float(s))
+
+
+#: validation metrics are the test metric names with this prefix (``val_clean_accuracy``)
+VAL = "val_"
+
+
+@dataclass(frozen=True)
 class ModelResult:
     """One trained model (the vanilla model or a grid cell) scored under both protocols.
 
@@ -164,6 +201,12 @@ class ModelResult:
         run_id: its MLflow run, when it has one.
         curve: white-box robust accuracy as eps grows (``RobustPoint``s, ascending eps),
             when the preset asks for the sweep.
+        validation: the model on the validation split (held out from the training side):
+            clean and the vanilla model's transfer attacks crafted on those images. What
+            model selection reads; None without a validation split.
+        val_robust: white-box robust accuracy on the validation split at the selection
+            budget (``robust.select_eps``).
+        targeted: targeted attacks between classes (``mel`` -> ``nv``, ...), on the test set.
     """
 
     cell: str
@@ -174,6 +217,9 @@ class ModelResult:
     fraction: float | None = None
     run_id: str | None = None
     curve: tuple[RobustPoint, ...] = ()
+    validation: Evaluation | None = None
+    val_robust: RobustPoint | None = None
+    targeted: tuple[TargetedPoint, ...] = ()
 
     @property
     def key(self) -> str:
@@ -198,6 +244,23 @@ class ModelResult:
                         flat[metric_key(protocol, attack, metric)] = v
         for point in self.curve:
             flat.update(point.metrics())
+        for t in self.targeted:
+            if t.success is not None:
+                flat[t.key] = t.success
+        return {**flat, **self.validation_metrics()}
+
+    def validation_metrics(self) -> dict[str, float]:
+        """``val_clean_accuracy``, ``val_transfer_pgd_accuracy``,
+        ``val_robust_2_255_balanced_accuracy``, ...: the only figures selection may read."""
+        flat: dict[str, float] = {}
+        if self.validation is not None:
+            for attack in self.validation.metrics:
+                for metric in METRICS:
+                    v = self.validation.value(attack, metric)
+                    if v is not None:
+                        flat[VAL + metric_key("transfer", attack, metric)] = v
+        if self.val_robust is not None:
+            flat.update({VAL + k: v for k, v in self.val_robust.metrics().items()})
         return flat
 
     def record(self) -> dict[str, Any]:
@@ -220,6 +283,9 @@ class ModelResult:
             "run_id": self.run_id,
             "evaluation": {p: ev.to_dict() for p, ev in self.evaluations().items()},
             "curve": [p.to_dict() for p in self.curve],
+            "validation": None if self.validation is None else self.validation.to_dict(),
+            "val_robust": None if self.val_robust is None else self.val_robust.to_dict(),
+            "targeted": [t.to_dict() for t in self.targeted],
         }
 
     @classmethod
@@ -234,6 +300,9 @@ class ModelResult:
             fraction=None if d.get("fraction") is None else float(d["fraction"]),
             run_id=run_id or d.get("run_id"),
             curve=tuple(RobustPoint.from_dict(p) for p in d.get("curve", ())),
+            validation=d.get("validation") and Evaluation.from_dict(d["validation"]),
+            val_robust=d.get("val_robust") and RobustPoint.from_dict(d["val_robust"]),
+            targeted=tuple(TargetedPoint.from_dict(t) for t in d.get("targeted", ())),
         )
 
 
@@ -249,6 +318,8 @@ __all__ = [
     "ModelResult",
     "RobustPoint",
     "Sweeps",
+    "TargetedPoint",
+    "VAL",
     "cell_name",
     "eps_label",
     "metric_key",

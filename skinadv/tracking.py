@@ -298,3 +298,105 @@ def download_artifact(run_id: str, path: str, dst: str | Path) -> Path:
     """One artifact of a run, downloaded into ``dst``."""
     Path(dst).mkdir(parents=True, exist_ok=True)
     return Path(client().download_artifacts(run_id, path, str(dst)))
+
+
+# --- Model Registry -------------------------------------------------------------------------
+# A registered version points at a run's ``weights/`` artifact folder (state dict + JSON
+# config), not at an MLflow "MLmodel": download it with ``models:/<name>@<alias>``.
+CHAMPION_ALIAS = "robust-champion"
+
+
+def _missing(exc: Exception) -> bool:
+    """Whether an MLflow error means "no such registered model / version"."""
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _ensure_registered_model(name: str) -> None:
+    """Create the registered model unless it exists (safe when another process races)."""
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    try:
+        c.get_registered_model(name)
+        return
+    except MlflowException as exc:
+        if not _missing(exc):
+            raise
+    try:
+        c.create_registered_model(
+            name,
+            description=(
+                f"skinadv classifiers: each version is one run's {WEIGHTS_DIR}/ folder (a "
+                "state dict .pt + its .pt.json config, loaded with torch.load(weights_only="
+                f"True)); the '{CHAMPION_ALIAS}' alias marks the current most robust one."
+            ),
+        )
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def _version_of_run(name: str, run_id: str):
+    """The (oldest) version of ``name`` registered from ``run_id``, or None."""
+    # filter on the run id only (hex, safe to quote); the model name is matched here
+    found = [
+        v
+        for v in client().search_model_versions(f"run_id = '{run_id}'")
+        if v.name == name and v.run_id == run_id
+    ]
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def register_champion(
+    name: str,
+    run_id: str,
+    *,
+    alias: str = CHAMPION_ALIAS,
+    description: str,
+    tags: Mapping[str, str],
+) -> str:
+    """Register the run's ``weights/`` folder as a version of ``name`` and point ``alias``
+    at it; return the version. ``description`` is the model card, ``tags`` its figures.
+
+    Idempotent: a version already registered from ``run_id`` is reused (its description
+    and tags replaced, stale non-``mlflow.`` tags removed) rather than duplicated.
+    """
+    c = client()
+    _ensure_registered_model(name)
+    str_tags = {str(k): str(v) for k, v in tags.items()}
+    mv = _version_of_run(name, run_id)
+    if mv is None:
+        source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/{WEIGHTS_DIR}"
+        mv = c.create_model_version(
+            name, source=source, run_id=run_id, description=description, tags=str_tags
+        )
+        log.info("registered %s version %s from run %s", name, mv.version, run_id)
+    else:
+        c.update_model_version(name, mv.version, description=description)
+        for key in set(mv.tags) - set(str_tags):
+            if not key.startswith("mlflow."):
+                c.delete_model_version_tag(name, mv.version, key)
+        for key, value in str_tags.items():
+            c.set_model_version_tag(name, mv.version, key, value)
+        log.info("reused %s version %s of run %s", name, mv.version, run_id)
+    c.set_registered_model_alias(name, alias, mv.version)
+    return str(mv.version)
+
+
+def champion(name: str, alias: str = CHAMPION_ALIAS) -> tuple[str, str, dict[str, str]] | None:
+    """The aliased version of ``name`` as ``(version, run_id, tags)``, or None when the
+    registered model or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    try:
+        model = c.get_registered_model(name)
+    except MlflowException as exc:
+        if _missing(exc):
+            return None
+        raise
+    version = (model.aliases or {}).get(alias)
+    if version is None:
+        return None
+    mv = c.get_model_version(name, str(version))
+    return str(mv.version), mv.run_id, dict(mv.tags)

@@ -109,6 +109,7 @@ def _params(cfg: ExperimentConfig, data: DataRef, seed: int, h: str) -> dict[str
         "data_kind": data.kind,
         "n_train": data.n_train,
         "n_test": data.n_test,
+        "n_val": data.n_val,
         "preset": cfg.name,
         "code_version": exp.__version__,
         "model": cfg.model.name,
@@ -147,6 +148,7 @@ def _train_and_score(
         get_run_logger().warning("%s: marked %d dead attempt(s) KILLED", cell, len(stale))
     weights = grid.weights(cell, config_hash)
     test = load_dataset(data.test)
+    val = load_dataset(data.val) if data.val else None
     with tracking.owned_run(
         grid.experiment,
         name=f"{cell}-s{seed}",
@@ -170,7 +172,7 @@ def _train_and_score(
         payload: dict[str, Any] = {}
         if method is None:
             tracking.set_stage(run_id, "crafting transfer sets")
-            sets = exp.transfer_sets(cfg, trained.model, test, seed=seed, progress=False)
+            sets = exp.transfer_sets(cfg, trained.model, test, seed=seed, progress=False, val=val)
             atomic_write_npz(transfer, compress=False, **sets)
             payload["sweeps"] = exp.sanity_sweeps(cfg, trained.model, test, seed=seed)
         tracking.set_stage(run_id, "scoring")
@@ -184,6 +186,7 @@ def _train_and_score(
             seed=seed,
             run_id=run_id,
             cell=cell,
+            val=val,
         )
         tracking.set_stage(run_id, "logging")
         cost = {f"train_{k}": v for k, v in trained.cost.as_dict().items()}
@@ -204,10 +207,11 @@ def prepare_data(cfg: ExperimentConfig, grid: GridRun) -> DataRef:
     """Load, subset, split and oversample the data; write both sides as canonical npz."""
     prep = prepare_split(cfg.data)
     folder = grid.path("data", f"{prep.fingerprint}-{exp.config_hash(cfg.data)}", "x").parent
-    paths = {"train": folder / "train.npz", "test": folder / "test.npz"}
-    if not all(p.is_file() for p in paths.values()):
-        prep.train.save_npz(paths["train"])
-        prep.test.save_npz(paths["test"])
+    sides = {"train": prep.train, "test": prep.test, "val": prep.val}
+    paths = {k: folder / f"{k}.npz" for k, ds in sides.items() if ds is not None}
+    for k, p in paths.items():
+        if not p.is_file():
+            sides[k].save_npz(p)
     get_run_logger().info("data %s (%s): %s", cfg.data.spec, prep.test.kind, prep.summary())
     return DataRef(
         train=str(paths["train"]),
@@ -217,6 +221,8 @@ def prepare_data(cfg: ExperimentConfig, grid: GridRun) -> DataRef:
         source=cfg.data.spec,
         n_train=len(prep.train),
         n_test=len(prep.test),
+        val=str(paths["val"]) if "val" in paths else None,
+        n_val=0 if prep.val is None else len(prep.val),
     )
 
 

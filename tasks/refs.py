@@ -52,9 +52,16 @@ class DataRef:
     source: str
     n_train: int
     n_test: int
+    val: str | None = None  # the validation split (held out from the training side)
+    n_val: int = 0
 
     def summary(self) -> dict[str, int | str]:
-        return {"fingerprint": self.fingerprint, "n_train": self.n_train, "n_test": self.n_test}
+        return {
+            "fingerprint": self.fingerprint,
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "n_test": self.n_test,
+        }
 
 
 @dataclass(frozen=True)

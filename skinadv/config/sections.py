@@ -52,6 +52,9 @@ class DataConfig(_Config):
     spec: str = "../shared/data/ham10000"
     size: int = Field(28, ge=4)
     test_size: float = Field(0.2, gt=0.0, lt=1.0)
+    #: share of the training side held out for validation (model selection: the best
+    #: split per method, champions); 0: none, and nothing is selected
+    val_size: float = Field(0.1, ge=0.0, lt=1.0)
     seed: int = 0
     group_by_lesion: bool = False
     oversample: bool = True
@@ -218,16 +221,35 @@ class RobustConfig(_Config):
     eps: list[float] = Field(default_factory=list)
     attacks: list[str] = Field(default_factory=lambda: ["pgd"])
     pgd_steps: int = Field(20, ge=1)
+    #: the budget of the validation split's white-box PGD score, which picks champions
+    select_eps: float = 2 / 255
+    #: targeted attacks between classes, ``"mel->nv"`` (a missed cancer), and their budgets
+    targeted: list[str] = Field(default_factory=list)
+    targeted_eps: list[float] = Field(default_factory=list)
 
-    @field_validator("eps", mode="before")
+    @field_validator("eps", "targeted_eps", "select_eps", mode="before")
     @classmethod
     def _eps_255(cls, v: Any) -> Any:
-        return [parse_eps(e) for e in v] if isinstance(v, list) else v
+        return [parse_eps(e) for e in v] if isinstance(v, list) else parse_eps(v)
 
-    @field_validator("eps")
+    @field_validator("eps", "targeted_eps")
     @classmethod
     def _eps(cls, v: list[float]) -> list[float]:
         return [check_eps(e) for e in v]
+
+    @field_validator("select_eps")
+    @classmethod
+    def _select_eps(cls, v: float) -> float:
+        return check_eps(v, "select_eps")
+
+    @field_validator("targeted")
+    @classmethod
+    def _pairs(cls, v: list[str]) -> list[str]:
+        from skinadv.evaluation.targeted import parse_pair
+
+        for pair in v:
+            parse_pair(pair)
+        return v
 
     @field_validator("attacks")
     @classmethod

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from skinadv.report.frame import HIGH, LOW, curve_cells
+from skinadv.report.frame import HIGH, LOW
 from skinadv.report.tables import ATTACKS, PAPER_BEST, eps_text, grid_table
 from skinadv.results import metric_key
 
@@ -107,15 +107,16 @@ def _color(method: object, others: dict[str, str]) -> str:
     return others.setdefault(method, OTHER_COLORS[len(others) % len(OTHER_COLORS)])
 
 
-def curve_figure(curves: pd.DataFrame) -> plt.Figure:
+def curve_figure(curves: pd.DataFrame, cells: list[str]) -> plt.Figure:
     """Robust accuracy and balanced accuracy vs eps (white-box, worst case over the attack
-    ensemble): one line per method (``curve_cells``: vanilla, each method's best cell),
-    a band for the 95 % t-interval over seeds where there are several.
+    ensemble): one line per cell of ``cells`` (``curve_cells``: vanilla, each method's
+    cell chosen on the validation split), a band for the 95 % t-interval over seeds where
+    there are several.
 
     Args:
         curves: ``curve_frame(results)`` (percent), not empty.
+        cells: the cells drawn.
     """
-    cells = curve_cells(curves)
     eps = sorted(set(curves["eps"]))
     positive = [e for e in eps if e > 0]
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.6), sharey=True)

@@ -16,7 +16,8 @@ import pandas as pd
 
 from skinadv.config import METHODS
 from skinadv.data import CLASSES
-from skinadv.results import METRICS, PROTOCOLS, ModelResult, metric_key
+from skinadv.results import METRICS, PROTOCOLS, VAL, ModelResult, metric_key
+from skinadv.selection import best_per_method
 from skinadv.stats import (
     CMMetric,
     Interval,
@@ -29,7 +30,13 @@ from skinadv.stats import (
 )
 
 #: Flat-key prefixes of numbers (everything else in a record is identity).
-VALUE_PREFIXES: tuple[str, ...] = ("clean_", *(f"{p}_" for p in PROTOCOLS), "robust_")
+VALUE_PREFIXES: tuple[str, ...] = (
+    "clean_",
+    *(f"{p}_" for p in PROTOCOLS),
+    "robust_",
+    "targeted_",
+    VAL,
+)
 #: Suffixes of a number's interval bounds.
 LOW, HIGH = "_ci_low", "_ci_high"
 #: Note under a table whose rows include a model trained once.
@@ -180,18 +187,20 @@ def with_interval(frame: pd.DataFrame, cols: Sequence[str]) -> list[str]:
     return out
 
 
-def curve_cells(curves: pd.DataFrame) -> list[str]:
+def curve_cells(curves: pd.DataFrame, frame: pd.DataFrame) -> list[str]:
     """The lines of the robust-accuracy figure: vanilla, then per method (static or on the
-    fly) its cell with the highest mean robust balanced accuracy over the curve."""
+    fly) its cell with the highest validation robust balanced accuracy
+    (``skinadv.selection``; without a validation split, its largest fraction): chosen
+    without reading the test curve it draws."""
     if curves.empty:
         return []
-    score = curves.groupby("cell", sort=False)["balanced_accuracy"].mean()
-    method = curves.groupby("cell", sort=False)["method"].first()
-    out = []
-    for m in dict.fromkeys(method.fillna("")):  # table order: vanilla ("") first
-        cells = method.index[method.fillna("") == m]
-        out.append(str(score[cells].idxmax()))
-    return out
+    drawn = frame[frame["cell"].isin(set(curves["cell"]))]
+    chosen = best_per_method(drawn, "robust")
+    for method, rows in drawn[drawn["method"].notna()].groupby("method", sort=False):
+        chosen.setdefault(str(method), str(rows.sort_values("fraction").iloc[-1]["cell"]))
+    out = [str(c) for c in drawn.loc[drawn["method"].isna(), "cell"]]
+    order = list(dict.fromkeys(drawn["method"].dropna()))  # table order
+    return out + [chosen[str(m)] for m in order]
 
 
 def eps_of(label: str) -> float:

@@ -63,18 +63,23 @@ CAPTIONS = {
     "crafted against this very model, so the two protocols coincide here; the paper reports "
     "accuracy only.",
     "table2_best_split": "Per method, the fraction with the highest mean of clean, transfer "
-    "FGSM and transfer PGD accuracy (the paper's rule), white-box beside transfer, and the "
-    "paper's best cell.",
+    "FGSM and transfer PGD accuracy (the paper's rule) on the validation split held out from "
+    "the training side, then its test figures, white-box beside transfer, and the paper's "
+    "best cell (which the paper chose on its test set). Empty without a validation split.",
     "accuracy_vs_fraction": "Solid: transfer (the paper's protocol); dashed: white-box; bars: "
     "95 % intervals. Fraction 0 is the vanilla model; stars are the paper's best cell "
     "(clean, FGSM, PGD).",
     "robust_vs_eps": "White-box robust accuracy as the budget grows: an image counts only if "
     "every attack of the ensemble fails on it. One line per method: the vanilla model, and "
-    "each method's cell with the highest mean robust balanced accuracy over the curve; "
+    "each method's cell with the highest robust balanced accuracy on the validation split; "
     "bands: 95 % t-intervals over seeds (none for one seed). Eps 0 is the clean accuracy.",
     "defences_on_the_fly": "Defences that craft their adversarial examples during training "
     "(no fixed fraction), beside the vanilla model; their robust accuracy is in the table "
     "under the robust-accuracy figure.",
+    "clinical": "Melanoma recall (sensitivity) clean and under attack, and how often a "
+    "targeted white-box PGD attack turns a correctly classified melanoma into a nevus (a "
+    "missed cancer) or a nevus into a melanoma (a false alarm): the share of the source "
+    "class's correctly classified test images that the attack flips to the target.",
     "grid_all_cells": "Every cell. Mel. recall: melanoma sensitivity on clean images.",
     "sweeps": "PGD accuracy as one setting grows, on a subset of the test set (the grid "
     "sweeps the vanilla model).",
@@ -123,6 +128,8 @@ def sections(report: Report) -> list[Section]:
                 "defences_on_the_fly",
             )
         )
+    if "clinical" in t:
+        out.append(("The clinical view", CAPTIONS["clinical"], "table", "clinical"))
     if report.notes:
         out.append(("Where the two protocols disagree", "", "notes", report.notes))
     out.append(("Sanity checks", CAPTIONS["checks"], "checks", report.checks))

@@ -33,6 +33,7 @@ from skinadv.report.frame import (
 from skinadv.report.markup import to_html, to_markdown
 from skinadv.report.page import Report
 from skinadv.report.tables import (
+    clinical_table,
     defences_table,
     grid_table,
     robust_table,
@@ -96,11 +97,15 @@ def build_report(
         figures["accuracy_vs_fraction"] = fraction_figure(frame)
     curves = curve_frame(results)
     if not curves.empty:
-        figures["robust_vs_eps"] = curve_figure(curves)
-        tables["robust_vs_eps"] = robust_table(frame, curve_cells(curves))
+        drawn = curve_cells(curves, frame)
+        figures["robust_vs_eps"] = curve_figure(curves, drawn)
+        tables["robust_vs_eps"] = robust_table(frame, drawn)
     defences = defences_table(frame)
     if not defences.empty:
         tables["defences_on_the_fly"] = defences
+    clinical = clinical_table(frame)
+    if not clinical.empty:
+        tables["clinical"] = clinical
     for param, rows in (sweeps or {}).items():
         if rows:
             tables[f"sweep_{param}"] = sweep_table(rows, param)

@@ -28,6 +28,7 @@ from skinadv.report.frame import (
     with_interval,
 )
 from skinadv.results import METRICS, PROTOCOLS, ModelResult, eps_label, metric_key
+from skinadv.selection import best_per_method
 
 #: The paper's two attacks, in table order.
 ATTACKS: tuple[str, ...] = ("fgsm", "pgd")
@@ -77,16 +78,12 @@ def grid_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per method, the cell with the highest mean of clean, transfer FGSM and transfer PGD
-    accuracy: the paper's choice of best split."""
+    """Per method, the cell the paper's rule ranks first on the validation split (the mean
+    of clean, transfer FGSM and transfer PGD accuracy; ``skinadv.selection``): no test
+    figure is read to choose it. Empty without a validation split."""
     cells = static_cells(frame)
-    if cells.empty:
-        return cells
-    score = cells[["clean_accuracy", "transfer_fgsm_accuracy", "transfer_pgd_accuracy"]].mean(
-        axis=1
-    )
-    best = [score[cells["method"] == m].idxmax() for m in cells["method"].unique()]
-    return cells.loc[best].reset_index(drop=True)
+    chosen = set(best_per_method(cells, "paper").values())
+    return cells[cells["cell"].isin(chosen)].reset_index(drop=True)
 
 
 def table2(frame: pd.DataFrame) -> pd.DataFrame:
@@ -147,6 +144,28 @@ def robust_table(frame: pd.DataFrame, cells: Sequence[str]) -> pd.DataFrame:
     return rows.reindex(columns=["cell", "seeds", *with_interval(frame, _robust(frame))])
 
 
+def clinical_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The clinical view, one row per model: melanoma recall clean, under white-box PGD and
+    under the worst case at each eps of the curve, then the success rate of each targeted
+    attack (``mel`` -> ``nv``: a missed cancer; ``nv`` -> ``mel``: a false alarm). Empty when
+    the run scored no targeted attack and no robust curve."""
+    targeted = sorted(
+        (c for c in frame.columns if c.startswith("targeted_") and c.endswith("_success")),
+        key=lambda c: (c.split("_")[1:3], eps_of(c.split("_", 3)[3].removesuffix("_success"))),
+    )
+    robust = _robust(frame, ["mel_recall"])
+    if not (targeted or robust):
+        return frame.iloc[0:0].reindex(columns=["cell", "seeds"])
+    cols = [
+        "clean_balanced_accuracy",
+        "clean_mel_recall",
+        "whitebox_pgd_mel_recall",
+        *robust,
+        *targeted,
+    ]
+    return frame.reindex(columns=["cell", "seeds", *with_interval(frame, cols)])
+
+
 # --------------------------------------------------------------------------- labels
 
 
@@ -187,6 +206,8 @@ GROUPS = {
     "paper": "The paper's best cell",
     "robust_accuracy": "Robust acc. (%), worst case, by eps",
     "robust_balanced_accuracy": "Robust bal. acc. (%), worst case, by eps",
+    "robust_mel_recall": "Robust mel. recall (%), worst case, by eps",
+    "targeted": "Targeted PGD success (%), source -> target at eps",
 }
 _PROTOCOL_WORDS = {"transfer": "transfer", "whitebox": "white-box"}
 
@@ -198,6 +219,14 @@ def column_label(col: str) -> Label:
         return Label(_PLAIN[col], "n")
     if col in _PLAIN:
         return Label(_PLAIN[col], _PLAIN[col])
+    if col.startswith("targeted_") and col.endswith("_success"):
+        source, target, eps = col.removeprefix("targeted_").removesuffix("_success").split("_", 2)
+        at = eps_text(eps_of(eps))
+        return Label(
+            f"Targeted {source} -> {target} at eps {at}, success (%)",
+            f"{source}→{target} {at}",
+            GROUPS["targeted"],
+        )
     robust = robust_key(col)
     if robust is not None:
         eps, metric = robust

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from skinadv import selection as select
 from skinadv.report.frame import (
     HIGH,
     LOW,
@@ -57,15 +58,21 @@ def _seeds(*rows: pd.Series) -> str:
     return words + (" each" if len(n) > 1 else "")
 
 
+def _row(frame: pd.DataFrame, cell: str | None) -> pd.Series | None:
+    return None if cell is None else frame[frame["cell"] == cell].iloc[0]
+
+
 def verdict(frame: pd.DataFrame, results: Sequence[ModelResult]) -> list[str]:
     """The opening sentences: what the paper's protocol says of the best static defence
-    against what the honest one says, and, with robust curves, who wins at a small eps."""
+    against what the honest one says, and, with robust curves, which defence holds at a
+    small eps. Every "best" is chosen on the validation split (``skinadv.selection``) and
+    then reported on the test set; without a validation split nothing is named best."""
     s = []
-    cells = static_cells(frame).dropna(subset=["transfer_pgd_accuracy", "whitebox_pgd_accuracy"])
-    if not cells.empty:
-        best = cells.sort_values(["transfer_pgd_accuracy", "clean_accuracy"]).iloc[-1]
+    best = _row(frame, select.best(static_cells(frame), "paper"))
+    if best is not None and not pd.isna(best.get("whitebox_pgd_accuracy", np.nan)):
         s.append(
-            f"Under the paper's protocol the best static defence, {best['cell']}, scores "
+            f"Under the paper's protocol the best static defence (chosen by the paper's rule "
+            f"on the validation split), {best['cell']}, scores "
             f"{_pm(best, 'transfer_pgd_accuracy')} against PGD{_eps(results, 'pgd', 'at eps')}; "
             f"re-running the attack against it gives {_pm(best, 'whitebox_pgd_accuracy')} "
             f"({_seeds(best)})."
@@ -75,19 +82,23 @@ def verdict(frame: pd.DataFrame, results: Sequence[ModelResult]) -> list[str]:
     if cols:
         at = next((c for c in cols if robust_key(c)[0] == "2_255"), cols[0])
         eps = eps_text(eps_of(robust_key(at)[0]))
-        rivals = frame[frame["method"].notna()].dropna(subset=[at])
         v = vanilla_row(frame)
-        if not rivals.empty:
-            m = rivals.sort_values([at, "clean_accuracy"]).iloc[-1]
+        m = _row(frame, select.best(frame[frame["method"].notna()].dropna(subset=[at]), "robust"))
+        if m is not None:
+            lead = (
+                f"At eps {eps} the most robust defence on the validation split is {m['cell']}: "
+                f"robust balanced accuracy on the test set {_pm(m, at)}"
+            )
             if pd.isna(v.get(at, np.nan)):
-                s.append(
-                    f"At eps {eps} the best defence is {m['cell']}: robust balanced accuracy "
-                    f"{_pm(m, at)} ({_seeds(m)}; the vanilla model has no robust curve)."
-                )
+                s.append(f"{lead} ({_seeds(m)}; the vanilla model has no robust curve).")
             else:
+                gain = m[at] - v[at]
+                cost = v["clean_balanced_accuracy"] - m["clean_balanced_accuracy"]
                 s.append(
-                    f"At eps {eps} the best defence is {m['cell']}: robust balanced accuracy "
-                    f"{_pm(m, at)} against the vanilla model's {_pm(v, at)} ({_seeds(m, v)})."
+                    f"{lead} against the vanilla model's {_pm(v, at)} ({gain:+.1f} points), "
+                    f"at clean balanced accuracy {_pm(m, 'clean_balanced_accuracy')} against "
+                    f"{_pm(v, 'clean_balanced_accuracy')} ({cost:.1f} points lost; "
+                    f"{_seeds(m, v)})."
                 )
     return s
 
@@ -157,20 +168,19 @@ def headline(
             f"and {wb['pgd']:.1f} % under PGD{_eps(results, 'pgd')}, where the paper reports "
             f"{PAPER_VANILLA['fgsm']:.2f} % and {PAPER_VANILLA['pgd']:.2f} %."
         )
-    rivals = frame[frame["method"].notna()]  # static cells and defences trained on the fly
-    if "whitebox_pgd_accuracy" in rivals and rivals["whitebox_pgd_accuracy"].notna().any():
-        # ties (all 0 % is common) go to the higher clean accuracy
-        rivals = rivals.dropna(subset=["whitebox_pgd_accuracy"])
-        best = rivals.sort_values(["whitebox_pgd_accuracy", "clean_accuracy"]).iloc[-1]
+    # static cells and defences trained on the fly; the best chosen on the validation split
+    best = _row(frame, select.best(frame[frame["method"].notna()], "robust"))
+    if best is not None and not pd.isna(best.get("whitebox_pgd_accuracy", np.nan)):
         if best["whitebox_pgd_accuracy"] < HOLDS_POINTS:
             s.append(
-                f"No adversarially trained model resists white-box PGD: the best, "
-                f"{_cell_words(best)}, keeps {best['whitebox_pgd_accuracy']:.1f} % at "
-                f"{best['clean_accuracy']:.1f} % clean accuracy."
+                f"No adversarially trained model resists white-box PGD: the most robust on "
+                f"the validation split, {_cell_words(best)}, keeps "
+                f"{best['whitebox_pgd_accuracy']:.1f} % at {best['clean_accuracy']:.1f} % "
+                "clean accuracy."
             )
         else:
             s.append(
-                f"The best defence by white-box PGD accuracy is {_cell_words(best)}: "
+                f"The most robust model on the validation split is {_cell_words(best)}: "
                 f"{best['whitebox_pgd_accuracy']:.1f} % under white-box PGD at "
                 f"{best['clean_accuracy']:.1f} % clean accuracy."
             )

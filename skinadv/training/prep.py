@@ -25,21 +25,26 @@ class PreparedData:
 
     Attributes:
         train: the training side, oversampled when the config says so (what ``fit`` sees).
-        train_raw: the training side before oversampling.
-        test: the test side (never oversampled).
+        train_raw: the training side before oversampling (validation images removed).
+        test: the test side (never oversampled); scored once per model, never used to
+            choose anything.
         fingerprint: fingerprint of the loaded source (before subsetting).
+        val: the validation split held out from the training side (never oversampled,
+            never trained on); what model selection reads. None when ``val_size`` is 0.
     """
 
     train: Dataset
     train_raw: Dataset
     test: Dataset
     fingerprint: str
+    val: Dataset | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
             "n_train": len(self.train),
             "n_train_raw": len(self.train_raw),
             "n_test": len(self.test),
+            "n_val": 0 if self.val is None else len(self.val),
             "fingerprint": self.fingerprint,
             "synthetic": self.test.synthetic,
         }
@@ -62,15 +67,23 @@ def prepare_data(cfg: DataConfig, ds: Dataset | None = None) -> PreparedData:
     train, test = split(
         ds, test_size=cfg.test_size, seed=cfg.seed, group_by_lesion=cfg.group_by_lesion
     )
+    val = None
+    if cfg.val_size > 0:  # from the training side only: the test side stays unread
+        train, val = split(
+            train, test_size=cfg.val_size, seed=cfg.seed, group_by_lesion=cfg.group_by_lesion
+        )
     train_fit = oversample(train, seed=cfg.seed) if cfg.oversample else train
     log.info(
-        "data %s: %d train (%d after oversampling), %d test",
+        "data %s: %d train (%d after oversampling), %d validation, %d test",
         ds.source,
         len(train),
         len(train_fit),
+        0 if val is None else len(val),
         len(test),
     )
-    return PreparedData(train=train_fit, train_raw=train, test=test, fingerprint=fingerprint)
+    return PreparedData(
+        train=train_fit, train_raw=train, test=test, fingerprint=fingerprint, val=val
+    )
 
 
 def to_arrays(data: Dataset | tuple[ArrayLike, ArrayLike]) -> tuple[Tensor, Tensor]:

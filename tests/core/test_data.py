@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from skinadv.config import DataConfig
 from skinadv.data import (
     CLASSES,
     HMNIST_CLASSES,
@@ -24,6 +25,7 @@ from skinadv.data import (
     stratified_subset,
     synthetic,
 )
+from skinadv.training import prepare_data
 
 HAM_COUNTS = {
     "akiec": 327,
@@ -339,3 +341,22 @@ def test_cli_synthetic_is_announced(tmp_path):
     proc = run_cli("data", "summary", "--data", "synthetic:100", env_cache=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "SYNTHETIC" in proc.stdout
+
+
+def test_validation_split_is_held_out_from_the_training_side(npz_ds):
+    """The validation split comes from the training side only (the test side is the one a
+    split without validation gives), shares no lesion with either side when grouped, is
+    never oversampled and never trained on."""
+    cfg = DataConfig(subset=3000, val_size=0.1, group_by_lesion=True)
+    prep = prepare_data(cfg, npz_ds)
+    plain = prepare_data(cfg.model_copy(update={"val_size": 0.0}), npz_ds)
+    assert plain.val is None and prep.val is not None
+    assert list(prep.test.image_id) == list(plain.test.image_id)  # test side unchanged
+    val, train, test = (set(d.image_id) for d in (prep.val, prep.train_raw, prep.test))
+    assert val <= set(plain.train_raw.image_id) and val.isdisjoint(train | test)
+    assert val | train == set(plain.train_raw.image_id)
+    assert set(prep.val.lesion_id).isdisjoint(set(prep.train_raw.lesion_id))
+    assert set(prep.train.image_id) == train  # oversampling draws from the training rows only
+    assert len(prep.val) == len(set(prep.val.image_id))  # not oversampled
+    assert 0.05 < len(prep.val) / len(plain.train_raw) < 0.15
+    assert prep.summary()["n_val"] == len(prep.val)

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from skinadv.evaluation import predict, run_attack
+from skinadv.data import CLASSES
 from skinadv.evaluation.robust import robust_curve
+from skinadv.evaluation.targeted import parse_pair, targeted_success
 
 EPS = (0.0, 1 / 255, 2 / 255, 8 / 255, 0.3)
 
@@ -67,3 +69,34 @@ def test_the_model_is_left_in_its_mode(trained):
     robust_curve(model, torch.as_tensor(x[:20]), torch.as_tensor(y[:20]), [2 / 255], spec_for)
     assert model.training
     model.eval()
+
+
+# ----------------------------------------------------------------- targeted attacks
+
+
+def test_targeted_attacks_count_flips_to_the_target_only(tiny_trained, tiny_test):
+    """mel -> nv / nv -> mel on the real test images: success is the share of the source
+    class's correctly classified images predicted as the target; it grows with eps, is 0 at
+    eps 0, and equals what an independent count of the same attack gives."""
+    model, (x, y) = tiny_trained.model, tiny_test
+    points = targeted_success(model, x, y, ["mel->nv", "nv->mel"], [0.0, 2 / 255, 0.1], spec_for)
+    assert [(p.source, p.target) for p in points] == [("mel", "nv")] * 3 + [("nv", "mel")] * 3
+    pred, _ = predict(model, x)
+    for pair in (points[:3], points[3:]):
+        src, tgt = (CLASSES.index(c) for c in (pair[0].source, pair[0].target))
+        idx = np.flatnonzero((y.numpy() == src) & (pred == src))
+        assert all(p.n == idx.size > 0 for p in pair)
+        assert pair[0].success == 0.0  # eps 0 moves nothing
+        assert pair[1].success <= pair[2].success and pair[2].success > 0.2
+        spec = {"attack": "pgd", **spec_for("pgd", 0.1), "target": tgt}
+        adv = run_attack(model, x[idx], y[idx], spec, seed=0)
+        assert pair[2].success == pytest.approx(float(np.mean(predict(model, adv)[0] == tgt)))
+    assert points[1].key == "targeted_mel_nv_2_255_success"
+
+
+def test_targeted_pairs_are_checked():
+    with pytest.raises(ValueError, match="source->target"):
+        parse_pair("mel->mel")
+    with pytest.raises(ValueError, match="mel"):
+        parse_pair("melanoma->nv")
+    assert parse_pair(" nv -> mel ") == ("nv", "mel")

@@ -84,11 +84,12 @@ def test_select_device():
 
 def test_prepare_data_split_and_oversample(real_ds):
     prep = prepare_data(DataConfig(spec="unused", subset=1000, seed=0, oversample=True), real_ds)
-    assert len(prep.train_raw) == 800 and len(prep.test) == 200
+    assert len(prep.train_raw) == 720 and len(prep.val) == 80 and len(prep.test) == 200
     counts = np.bincount(prep.train.labels, minlength=7)
     assert (counts == counts.max()).all()  # balanced by oversampling
     assert prep.fingerprint == real_ds.fingerprint()
     assert not set(prep.test.image_id) & set(prep.train.image_id)
+    assert not set(prep.val.image_id) & (set(prep.train.image_id) | set(prep.test.image_id))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,115 @@
+"""Model selection, from the validation split only.
+
+Every choice of a model — the paper's best split per method (Table 2), the defence the
+verdict names, the lines of the robust-accuracy figure, the champion registered per method
+— reads validation figures (the ``val_*`` columns of a results frame, a result's
+``validation_metrics()``) and nothing else: a model chosen on the test set is flattered by
+the very numbers then reported for it. Each function first cuts its input down to the
+identity columns and the validation columns (``validation_view``), so a test metric cannot
+be read even by mistake.
+
+Two rules:
+    ``paper``: the mean of clean, transfer-FGSM and transfer-PGD accuracy (the paper's rule
+        for its best split), on the validation split;
+    ``robust``: white-box robust balanced accuracy at ``robust.select_eps`` on the
+        validation split.
+Ties go to the higher validation clean balanced accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import pandas as pd
+
+from skinadv.results import VAL, ModelResult
+
+Rule = Literal["paper", "robust"]
+#: the paper's rule for its best split (Table 2), read on the validation split
+PAPER_RULE = ("val_clean_accuracy", "val_transfer_fgsm_accuracy", "val_transfer_pgd_accuracy")
+TIE_BREAK = "val_clean_balanced_accuracy"
+IDENTITY = ("cell", "method", "fraction", "seeds")
+_BOUNDS = ("_ci_low", "_ci_high")
+
+
+def validation_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """The identity columns and the validation means of a results frame, nothing else."""
+    cols = [
+        c for c in frame.columns if c in IDENTITY or (c.startswith(VAL) and not c.endswith(_BOUNDS))
+    ]
+    return frame[cols]
+
+
+def robust_column(columns: Sequence[str]) -> str | None:
+    """``val_robust_2_255_balanced_accuracy``, when the frame has it."""
+    return next(
+        (c for c in columns if c.startswith(VAL + "robust_") and c.endswith("_balanced_accuracy")),
+        None,
+    )
+
+
+def scores(frame: pd.DataFrame, rule: Rule) -> pd.DataFrame:
+    """``cell``, ``method``, ``score``, ``tie`` per row that has the rule's validation
+    figures (rows without them are left out; empty without a validation split)."""
+    view = validation_view(frame)
+    if rule == "paper":
+        cols = list(PAPER_RULE)
+    else:
+        col = robust_column(list(view.columns))
+        cols = [col] if col else []
+    if not cols or not set(cols) <= set(view.columns):
+        return pd.DataFrame(columns=["cell", "method", "score", "tie"])
+    out = view[["cell", "method"]].copy()
+    out["score"] = view[cols].mean(axis=1, skipna=False)
+    out["tie"] = view[TIE_BREAK] if TIE_BREAK in view else 0.0
+    return out.dropna(subset=["score"])
+
+
+def best(frame: pd.DataFrame, rule: Rule) -> str | None:
+    """The cell of ``frame``'s rows that ``rule`` ranks first; None when none can be ranked."""
+    s = scores(frame, rule)
+    if s.empty:
+        return None
+    return str(s.sort_values(["score", "tie"], kind="stable").iloc[-1]["cell"])
+
+
+def best_per_method(frame: pd.DataFrame, rule: Rule) -> dict[str, str]:
+    """``{method: cell}``: per method of ``frame``'s rows (vanilla left out), the cell that
+    ``rule`` ranks first, in the frame's order of methods."""
+    s = scores(frame[frame["method"].notna()], rule)
+    out: dict[str, str] = {}
+    for method in dict.fromkeys(s["method"]):
+        rows = s[s["method"] == method].sort_values(["score", "tie"], kind="stable")
+        out[str(method)] = str(rows.iloc[-1]["cell"])
+    return out
+
+
+def champions(results: Sequence[ModelResult]) -> dict[str, ModelResult]:
+    """``{method: model}``: per method, the single trained model (a cell and a seed) with the
+    highest validation robust balanced accuracy (ties: validation clean balanced accuracy).
+    Models without a validation score are never chosen; the vanilla model is left out."""
+    out: dict[str, tuple[tuple[float, float], ModelResult]] = {}
+    for r in results:
+        if r.is_vanilla:
+            continue
+        val = r.validation_metrics()
+        key = robust_column(list(val))
+        if key is None:
+            continue
+        rank = (val[key], val.get(TIE_BREAK, 0.0))
+        if r.method not in out or rank > out[r.method][0]:
+            out[str(r.method)] = (rank, r)
+    return {m: r for m, (_, r) in out.items()}
+
+
+__all__ = [
+    "PAPER_RULE",
+    "Rule",
+    "best",
+    "best_per_method",
+    "champions",
+    "robust_column",
+    "scores",
+    "validation_view",
+]
