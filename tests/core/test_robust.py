@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from skinadv.evaluation import predict, run_attack
 from skinadv.data import CLASSES
+from skinadv.evaluation import predict, run_attack
 from skinadv.evaluation.robust import robust_curve
 from skinadv.evaluation.targeted import parse_pair, targeted_success
 

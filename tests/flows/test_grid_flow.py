@@ -221,8 +221,11 @@ def test_on_the_fly_defences_and_the_robust_curve(harness):
     white-box robust curve (one MLflow metric per eps), and a rerun reuses the defence."""
     import mlflow
 
-    extra = ["defences=[{method: pgd-at, eps: 8/255, steps: 2}]", "robust.eps=[2/255, 8/255]",
-             "robust.pgd_steps=3"]
+    extra = [
+        "defences=[{method: pgd-at, eps: 8/255, steps: 2}]",
+        "robust.eps=[2/255, 8/255]",
+        "robust.pgd_steps=3",
+    ]
     out = run(harness, "f-def", methods=["fgsm"], fractions=[1.0], overrides=TINY + extra)
     assert sorted(out.trained) == ["fgsm@1 s0", "pgd-at@8_255 s0", "vanilla s0"]
     d = next(r for r in out.results if r.method == "pgd-at")
@@ -234,7 +237,8 @@ def test_on_the_fly_defences_and_the_robust_curve(harness):
     run_ = c.get_run(d.run_id)
     assert run_.data.tags["skinadv.kind"] == "defence"
     assert {"robust_2_255_accuracy", "robust_8_255_balanced_accuracy", "train_grad_evals"} <= set(
-        run_.data.metrics)
+        run_.data.metrics
+    )
     assert float(run_.data.params["train_eps"]) == pytest.approx(8 / 255)
     assert_nothing_running("f-def")
     again = run(harness, "f-def", methods=["fgsm"], fractions=[1.0], overrides=TINY + extra)
