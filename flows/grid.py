@@ -50,7 +50,7 @@ class GridParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    preset: str = Field("quick", description="Preset name (quick, paper) or a YAML path.")
+    preset: str = Field("quick", description="Preset name (quick, rigorous, paper) or a YAML path.")
     data: str | None = Field(None, description="Data SPEC; default: the preset's.")
     methods: list[Literal["fgsm", "pgd", "mix"]] | None = Field(None, description="Default: all.")
     fractions: list[float] | None = Field(None, description="Shares of the training set.")

@@ -23,7 +23,7 @@ from typing import Literal
 
 import pandas as pd
 
-from skinadv.results import VAL, ModelResult
+from skinadv.results import VAL, ModelResult, eps_label
 
 Rule = Literal["paper", "robust"]
 #: the paper's rule for its best split (Table 2), read on the validation split
@@ -103,11 +103,65 @@ def champions(results: Sequence[ModelResult]) -> dict[str, ModelResult]:
     return {m: r for m, (_, r) in out.items()}
 
 
+def _eps(eps: float) -> str:
+    return eps_label(eps).replace("_", "/")
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f} %"
+
+
+def training_eps(r: ModelResult) -> str:
+    """The budget a model was trained at: a defence's (``pgd-at@2_255`` -> ``2/255``), or
+    the pool's attack budget(s) for a static cell (``fgsm 0.2``, ``fgsm 0.2, pgd 0.3``)."""
+    if r.fraction is None and "@" in r.cell:
+        return r.cell.partition("@")[2].replace("_", "/")
+    attacks = ("fgsm", "pgd") if r.method == "mix" else (str(r.method),)
+    return ", ".join(f"{a} {r.transfer.eps(a):g}" for a in attacks if r.transfer.eps(a) is not None)
+
+
+def champion_card(r: ModelResult, *, experiment: str) -> tuple[str, dict[str, str]]:
+    """A champion's model card: a description in words and tags holding its figures (test
+    figures in percent, as scored once; the validation figure it was chosen by)."""
+    val = r.validation_metrics()
+    key = robust_column(list(val)) or ""
+    at = key.removeprefix(VAL + "robust_").removesuffix("_balanced_accuracy").replace("_", "/")
+    flat = r.flat_metrics()
+    tested = ", ".join(_eps(p.eps) for p in r.curve)
+    lines = [
+        f"{r.cell}, seed {r.seed}, from experiment {experiment!r}: of every {r.method} model "
+        f"trained, the most robust on the validation split (white-box PGD at eps {at}: "
+        f"balanced accuracy {_pct(val.get(key))}).",
+        f"Trained at eps {training_eps(r)}.",
+        f"Test set (scored once): clean accuracy {_pct(flat.get('clean_accuracy'))}, "
+        f"balanced {_pct(flat.get('clean_balanced_accuracy'))}, melanoma recall "
+        f"{_pct(flat.get('clean_mel_recall'))}.",
+    ]
+    lines += [
+        f"Worst case over {', '.join(p.attacks)} at eps {_eps(p.eps)}: accuracy "
+        f"{_pct(p.accuracy)}, balanced {_pct(p.balanced_accuracy)}."
+        for p in r.curve
+        if p.eps > 0
+    ]
+    tags = {
+        "method": str(r.method),
+        "cell": r.cell,
+        "seed": str(r.seed),
+        "train_eps": training_eps(r),
+        "tested_eps": tested or "none",
+        "selected_by": key,
+        key: f"{val[key]:.4f}" if key in val else "",
+        **{k: f"{flat[k]:.4f}" for k in sorted(flat) if k.startswith(("clean_", "robust_"))},
+    }
+    return " ".join(lines), {k: v for k, v in tags.items() if k and v}
+
+
 __all__ = [
     "PAPER_RULE",
     "Rule",
     "best",
     "best_per_method",
+    "champion_card",
     "champions",
     "robust_column",
     "scores",

@@ -20,7 +20,7 @@ from prefect import get_run_logger, task
 from prefect.states import Completed, State
 
 from skinadv import experiment as exp
-from skinadv import tracking
+from skinadv import selection, tracking
 from skinadv.config import DefenceConfig, ExperimentConfig
 from skinadv.data import load_dataset
 from skinadv.data.io import atomic_write_npz
@@ -401,6 +401,23 @@ def train_defence(
     return Completed(data=model, message=_key_figure(model.result))
 
 
+def register_champions(experiment: str, results: list[ModelResult]) -> dict[str, str]:
+    """Per method, the model chosen on the validation split (``selection.champions``)
+    registered in the MLflow Model Registry as ``skinadv-<experiment>-<method>`` with the
+    alias ``robust-champion``; returns ``{"champion <method>": "name vN (cell, seed)"}``."""
+    out = {}
+    for method, r in selection.champions(results).items():
+        if r.run_id is None:
+            continue
+        name = f"skinadv-{experiment}-{method}"
+        description, tags = selection.champion_card(r, experiment=experiment)
+        version = tracking.register_champion(name, r.run_id, description=description, tags=tags)
+        out[f"champion {method}"] = (
+            f"{name} v{version} @{tracking.CHAMPION_ALIAS} ({r.cell}, seed {r.seed})"
+        )
+    return out
+
+
 @task(name="gather", task_run_name="gather report")
 def gather(
     cfg: ExperimentConfig,
@@ -423,10 +440,11 @@ def gather(
         model, _ = load_model(_weights(vanilla))
         examples = exp.pick_examples(model, load_dataset(data.test), _load_sets(transfer))
     checks = sanity_checks(results, sweeps)
+    champions = register_champions(grid.experiment, results)
     report = build_report(
         results,
         title=f"skinadv grid: {grid.experiment}",
-        context=context,
+        context={**context, **champions},
         checks=checks,
         examples=examples,
         sweeps=sweeps,

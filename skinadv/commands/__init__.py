@@ -64,7 +64,7 @@ DataOpt = Annotated[
         envvar="SKINADV_DATA",
     ),
 ]
-PresetOpt = Annotated[str, typer.Option(help="Preset name (quick, paper) or YAML path.")]
+PresetOpt = Annotated[str, typer.Option(help="Preset name (quick, rigorous, paper) or YAML path.")]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override, e.g. train.epochs=2 (repeatable).")
 ]

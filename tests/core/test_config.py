@@ -18,7 +18,7 @@ from skinadv.config import (
 
 
 def test_presets_available_and_paper_settings():
-    assert {"quick", "paper"} <= set(available_presets())
+    assert {"quick", "rigorous", "paper"} <= set(available_presets())
     paper = load_preset("paper")
     assert paper.attack.fgsm.eps == 0.2
     assert paper.attack.kwargs("pgd") == {
@@ -42,6 +42,25 @@ def test_quick_is_smaller_than_paper():
     assert quick.train.epochs < paper.train.epochs
     # same budgets as the paper: only the work is cut
     assert (quick.attack.fgsm.eps, quick.attack.pgd.eps) == (0.2, 0.3)
+
+
+def test_rigorous_is_the_honest_protocol():
+    """What the honest-numbers protocol promises: lesion-grouped split, a validation split,
+    3 seeds, the paper's static grid and budgets, on-the-fly defences at 2/255 and 8/255,
+    the eps sweep worst case over PGD + both APGDs, the targeted clinical attacks."""
+    r, paper = load_preset("rigorous"), load_preset("paper")
+    assert r.data.group_by_lesion and r.data.val_size > 0 and len(r.seeds) == 3
+    assert (r.methods, r.fractions) == (paper.methods, paper.fractions)
+    assert (r.attack.fgsm.eps, r.attack.pgd.eps) == (0.2, 0.3)
+    assert {(d.method, round(d.eps * 255)) for d in r.defences} == {
+        (m, e) for m in ("pgd-at", "trades", "fast-at") for e in (2, 8)
+    }
+    assert [round(e * 255, 3) for e in r.robust.eps] == [1, 2, 4, 8, 51, 76.5]
+    assert r.robust.attacks == ["pgd", "apgd_ce", "apgd_dlr"]
+    assert r.robust.select_eps == pytest.approx(2 / 255)
+    assert set(r.robust.targeted) == {"mel->nv", "nv->mel"}
+    full = load_preset("rigorous", ["data.subset=null", "model.width=32", "train.epochs=20"])
+    assert full.data.subset is None and full.defences == r.defences  # scales by overrides
 
 
 def test_overrides_as_strings_and_dict():

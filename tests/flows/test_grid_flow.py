@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from skinadv import tracking
+
 TINY = [
     "train.epochs=1",
     "model.width=4",
@@ -240,6 +242,13 @@ def test_on_the_fly_defences_and_the_robust_curve(harness):
         run_.data.metrics
     )
     assert float(run_.data.params["train_eps"]) == pytest.approx(8 / 255)
+    # per method, the model most robust on the validation split is the registry's champion
+    for method in ("fgsm", "pgd-at"):
+        version, run_id, tags = tracking.champion(f"skinadv-f-def-{method}")
+        mine = [r for r in out.results if r.method == method]
+        best = max(mine, key=lambda r: r.validation_metrics()["val_robust_2_255_balanced_accuracy"])
+        assert run_id == best.run_id and tags["method"] == method and tags["cell"] == best.cell
+        assert tags["train_eps"] == ("8/255" if method == "pgd-at" else "fgsm 0.2")
     assert_nothing_running("f-def")
     again = run(harness, "f-def", methods=["fgsm"], fractions=[1.0], overrides=TINY + extra)
     assert again.trained == [] and "pgd-at@8_255 s0" in again.reused
