@@ -401,21 +401,30 @@ def train_defence(
     return Completed(data=model, message=_key_figure(model.result))
 
 
-def register_champions(experiment: str, results: list[ModelResult]) -> dict[str, str]:
+def register_champions(experiment: str, results: list[ModelResult]) -> list[dict[str, Any]]:
     """Per method, the model chosen on the validation split (``selection.champions``)
     registered in the MLflow Model Registry as ``skinadv-<experiment>-<method>`` with the
-    alias ``robust-champion``; returns ``{"champion <method>": "name vN (cell, seed)"}``."""
-    out = {}
+    alias ``robust-champion`` and its model card; returns one row per champion for the
+    report."""
+    prefix = experiment if experiment.startswith("skinadv") else f"skinadv-{experiment}"
+    rows = []
     for method, r in selection.champions(results).items():
         if r.run_id is None:
             continue
-        name = f"skinadv-{experiment}-{method}"
+        name = f"{prefix}-{method}"
         description, tags = selection.champion_card(r, experiment=experiment)
         version = tracking.register_champion(name, r.run_id, description=description, tags=tags)
-        out[f"champion {method}"] = (
-            f"{name} v{version} @{tracking.CHAMPION_ALIAS} ({r.cell}, seed {r.seed})"
+        key = tags["selected_by"]
+        rows.append(
+            {
+                "method": method,
+                "registered": f"{name} v{version} @{tracking.CHAMPION_ALIAS}",
+                "cell": r.cell,
+                "seed": r.seed,
+                key: 100 * r.validation_metrics()[key],
+            }
         )
-    return out
+    return rows
 
 
 @task(name="gather", task_run_name="gather report")
@@ -440,11 +449,11 @@ def gather(
         model, _ = load_model(_weights(vanilla))
         examples = exp.pick_examples(model, load_dataset(data.test), _load_sets(transfer))
     checks = sanity_checks(results, sweeps)
-    champions = register_champions(grid.experiment, results)
     report = build_report(
         results,
         title=f"skinadv grid: {grid.experiment}",
-        context={**context, **champions},
+        context=context,
+        champions=register_champions(grid.experiment, results),
         checks=checks,
         examples=examples,
         sweeps=sweeps,

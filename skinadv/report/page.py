@@ -80,6 +80,9 @@ CAPTIONS = {
     "targeted white-box PGD attack turns a correctly classified melanoma into a nevus (a "
     "missed cancer) or a nevus into a melanoma (a false alarm): the share of the source "
     "class's correctly classified test images that the attack flips to the target.",
+    "champions": "Per method, the single trained model (cell and seed) with the highest "
+    "white-box robust balanced accuracy on the validation split, registered in the MLflow "
+    "Model Registry under this alias; its model card holds its test figures.",
     "grid_all_cells": "Every cell. Mel. recall: melanoma sensitivity on clean images.",
     "sweeps": "PGD accuracy as one setting grows, on a subset of the test set (the grid "
     "sweeps the vanilla model).",
@@ -128,6 +131,8 @@ def sections(report: Report) -> list[Section]:
                 "defences_on_the_fly",
             )
         )
+    if "champions" in t:
+        out.append(("Champions in the model registry", CAPTIONS["champions"], "table", "champions"))
     if "clinical" in t:
         out.append(("The clinical view", CAPTIONS["clinical"], "table", "clinical"))
     if report.notes:

@@ -71,6 +71,7 @@ def build_report(
     checks: Sequence[Check],
     examples: Sequence[Example] = (),
     sweeps: Sweeps | None = None,
+    champions: Sequence[Mapping[str, Any]] = (),
 ) -> Report:
     """Tables, figures and sentences from every model's results.
 
@@ -82,6 +83,8 @@ def build_report(
         checks: ``sanity_checks(results, sweeps)``.
         examples: attacked images for the examples figure.
         sweeps: the sanity sweeps (eps / steps / restarts), shown as small tables.
+        champions: one row per method's registered champion (``method``, ``registered``,
+            ``cell``, ``seed``, the validation figure it was chosen by).
 
     Raises:
         ValueError: no results, or no vanilla model among them.
@@ -103,6 +106,8 @@ def build_report(
     defences = defences_table(frame)
     if not defences.empty:
         tables["defences_on_the_fly"] = defences
+    if champions:
+        tables["champions"] = pd.DataFrame(list(champions))
     clinical = clinical_table(frame)
     if not clinical.empty:
         tables["clinical"] = clinical

@@ -27,7 +27,7 @@ from skinadv.report.frame import (
     vanilla_row,
     with_interval,
 )
-from skinadv.results import METRICS, PROTOCOLS, ModelResult, eps_label, metric_key
+from skinadv.results import METRICS, PROTOCOLS, VAL, ModelResult, eps_label, metric_key
 from skinadv.selection import best_per_method
 
 #: The paper's two attacks, in table order.
@@ -187,6 +187,8 @@ _PLAIN = {
     "seeds": "n (seeds)",
     "protocol": "Protocol",
     "paper_fraction": "Paper's fraction",
+    "seed": "Seed",
+    "registered": "MLflow registered model",
     # sweeps
     "eps": "PGD eps",
     "steps": "PGD steps",
@@ -207,6 +209,7 @@ GROUPS = {
     "robust_accuracy": "Robust acc. (%), worst case, by eps",
     "robust_balanced_accuracy": "Robust bal. acc. (%), worst case, by eps",
     "robust_mel_recall": "Robust mel. recall (%), worst case, by eps",
+    "val": "Validation split",
     "targeted": "Targeted PGD success (%), source -> target at eps",
 }
 _PROTOCOL_WORDS = {"transfer": "transfer", "whitebox": "white-box"}
@@ -219,6 +222,9 @@ def column_label(col: str) -> Label:
         return Label(_PLAIN[col], "n")
     if col in _PLAIN:
         return Label(_PLAIN[col], _PLAIN[col])
+    if col.startswith(VAL):
+        inner = column_label(col.removeprefix(VAL))
+        return Label(f"Validation: {inner.full}", inner.short, GROUPS["val"])
     if col.startswith("targeted_") and col.endswith("_success"):
         source, target, eps = col.removeprefix("targeted_").removesuffix("_success").split("_", 2)
         at = eps_text(eps_of(eps))
@@ -264,7 +270,7 @@ def format_value(col: str, v: Any, *, quoted: bool = False) -> str:
         return "–"
     if col in ("fraction", "best_fraction", "paper_fraction"):
         return f"{100 * float(v):.0f} %"
-    if col in ("seeds", "steps", "restarts"):
+    if col in ("seeds", "seed", "steps", "restarts"):
         return str(int(v))
     if col == "eps":
         return eps_text(float(v))

@@ -97,8 +97,8 @@ def verdict(frame: pd.DataFrame, results: Sequence[ModelResult]) -> list[str]:
                 s.append(
                     f"{lead} against the vanilla model's {_pm(v, at)} ({gain:+.1f} points), "
                     f"at clean balanced accuracy {_pm(m, 'clean_balanced_accuracy')} against "
-                    f"{_pm(v, 'clean_balanced_accuracy')} ({cost:.1f} points lost; "
-                    f"{_seeds(m, v)})."
+                    f"{_pm(v, 'clean_balanced_accuracy')} ({abs(cost):.1f} points "
+                    f"{'lost' if cost >= 0 else 'gained'}; {_seeds(m, v)})."
                 )
     return s
 

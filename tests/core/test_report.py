@@ -3,6 +3,7 @@ is shown once with the models it concerns, headers are human, files are written.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from html.parser import HTMLParser
@@ -454,3 +455,40 @@ def test_robust_curve_and_defence_trained_on_the_fly(tmp_path):
     assert f"({lost:.1f} points lost; 3 seeds each)." in rep.headline
     assert "Defences trained on the fly" in (tmp_path / "report.html").read_text()
     assert "pgd-at@2_255" in console_text(results)
+
+
+def test_clinical_view_and_champions_tables(tmp_path):
+    """Targeted success rates and melanoma recall under attack get their own table with
+    human headers; registered champions are listed with the validation figure that chose
+    them."""
+    from skinadv.results import TargetedPoint
+
+    results = [
+        dataclasses.replace(
+            scored(cell, s, top=0.4),
+            targeted=(
+                TargetedPoint("mel", "nv", 2 / 255, 20, 0.25 + 0.05 * s),
+                TargetedPoint("nv", "mel", 2 / 255, 90, 0.1),
+            ),
+        )
+        for cell in ("vanilla", "pgd-at@2_255")
+        for s in range(2)
+    ]
+    champ = {
+        "method": "pgd-at",
+        "registered": "skinadv-x-pgd-at v1 @robust-champion",
+        "cell": "pgd-at@2_255",
+        "seed": 1,
+        "val_robust_2_255_balanced_accuracy": 31.0,
+    }
+    rep = report(results, champions=[champ])
+    save_report(rep, tmp_path)
+    clinical = rep.tables["clinical"].set_index("cell")
+    assert clinical.loc["vanilla", "targeted_mel_nv_2_255_success"] == pytest.approx(27.5)
+    assert clinical.loc["vanilla", "seeds"] == 2
+    assert "whitebox_pgd_mel_recall" in clinical and "clean_mel_recall" in clinical
+    md = (tmp_path / "report.md").read_text()
+    assert "Targeted mel -> nv at eps 2/255, success (%)" in md
+    assert "| pgd-at | skinadv-x-pgd-at v1 @robust-champion | pgd-at@2_255 | 1 | 31.0 |" in md
+    assert "Validation: Robust bal. acc. at eps 2/255 (%)" in md
+    assert "The clinical view" in (tmp_path / "report.html").read_text()
