@@ -207,6 +207,8 @@ class ModelResult:
         val_robust: white-box robust accuracy on the validation split at the selection
             budget (``robust.select_eps``).
         targeted: targeted attacks between classes (``mel`` -> ``nv``, ...), on the test set.
+        cost: what training cost (``seconds``, ``grad_evals``, ... of ``TrainCost``), when
+            known; flat as ``train_seconds``, ``train_grad_evals``, ...
     """
 
     cell: str
@@ -220,6 +222,10 @@ class ModelResult:
     validation: Evaluation | None = None
     val_robust: RobustPoint | None = None
     targeted: tuple[TargetedPoint, ...] = ()
+    cost: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cost", MappingProxyType(dict(self.cost)))
 
     @property
     def key(self) -> str:
@@ -247,6 +253,7 @@ class ModelResult:
         for t in self.targeted:
             if t.success is not None:
                 flat[t.key] = t.success
+        flat.update({f"train_{k}": float(v) for k, v in self.cost.items()})
         return {**flat, **self.validation_metrics()}
 
     def validation_metrics(self) -> dict[str, float]:
@@ -286,6 +293,7 @@ class ModelResult:
             "validation": None if self.validation is None else self.validation.to_dict(),
             "val_robust": None if self.val_robust is None else self.val_robust.to_dict(),
             "targeted": [t.to_dict() for t in self.targeted],
+            "cost": dict(self.cost),
         }
 
     @classmethod
@@ -303,6 +311,7 @@ class ModelResult:
             validation=d.get("validation") and Evaluation.from_dict(d["validation"]),
             val_robust=d.get("val_robust") and RobustPoint.from_dict(d["val_robust"]),
             targeted=tuple(TargetedPoint.from_dict(t) for t in d.get("targeted", ())),
+            cost=d.get("cost") or {},
         )
 
 

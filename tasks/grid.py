@@ -10,6 +10,7 @@ progress table and the Prefect UI show.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -189,8 +190,8 @@ def _train_and_score(
             val=val,
         )
         tracking.set_stage(run_id, "logging")
-        cost = {f"train_{k}": v for k, v in trained.cost.as_dict().items()}
-        tracking.log_metrics(run_id, {**result.flat_metrics(), **cost})
+        result = dataclasses.replace(result, cost=trained.cost.as_dict())
+        tracking.log_metrics(run_id, result.flat_metrics())  # train_seconds, ... included
         if trained.guard_triggered:  # fast-at's catastrophic-overfitting guard
             tracking.set_tags(run_id, {"skinadv.guard": f"restored epoch {trained.kept_epoch}"})
         tracking.log_result(run_id, {**result.to_dict(), **payload})

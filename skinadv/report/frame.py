@@ -36,7 +36,10 @@ VALUE_PREFIXES: tuple[str, ...] = (
     "robust_",
     "targeted_",
     VAL,
+    "train_",
 )
+#: Prefix of training-cost columns (seconds, gradient evaluations): not fractions.
+COST = "train_"
 #: Suffixes of a number's interval bounds.
 LOW, HIGH = "_ci_low", "_ci_high"
 #: Note under a table whose rows include a model trained once.
@@ -101,7 +104,8 @@ def _interval(values: pd.Series, seeds: int, boot: Interval | None) -> tuple[flo
 
 def results_frame(results: Sequence[ModelResult]) -> pd.DataFrame:
     """One row per cell: ``cell, method, fraction, seeds``, then each flat metric in percent
-    (the mean over the cell's seeds) followed by its ``_ci_low`` / ``_ci_high`` bounds.
+    (the mean over the cell's seeds; training costs in their own units) followed by its
+    ``_ci_low`` / ``_ci_high`` bounds.
 
     ``method`` and ``fraction`` are None / NaN for vanilla; ``fraction`` is NaN for a
     defence trained on the fly (``pgd-at@2_255``).
@@ -123,7 +127,8 @@ def results_frame(results: Sequence[ModelResult]) -> pd.DataFrame:
             "seeds": len(group),
         }
         for c in values:
-            mean, low, high = _interval(df[c].astype(float) * 100.0, len(group), boot.get(c))
+            scale = 1.0 if c.startswith(COST) else 100.0  # fractions in percent
+            mean, low, high = _interval(df[c].astype(float) * scale, len(group), boot.get(c))
             row.update({c: mean, c + LOW: low, c + HIGH: high})
         rows.append(row)
     return pd.DataFrame(rows)

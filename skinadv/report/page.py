@@ -74,8 +74,9 @@ CAPTIONS = {
     "each method's cell with the highest robust balanced accuracy on the validation split; "
     "bands: 95 % t-intervals over seeds (none for one seed). Eps 0 is the clean accuracy.",
     "defences_on_the_fly": "Defences that craft their adversarial examples during training "
-    "(no fixed fraction), beside the vanilla model; their robust accuracy is in the table "
-    "under the robust-accuracy figure.",
+    "(no fixed fraction), beside the vanilla model, with what their training cost: wall time "
+    "on the machine that ran it, and gradient evaluations (one forward and backward pass of "
+    "one image); their robust accuracy is in the table under the robust-accuracy figure.",
     "clinical": "Melanoma recall (sensitivity) clean and under attack, and how often a "
     "targeted white-box PGD attack turns a correctly classified melanoma into a nevus (a "
     "missed cancer) or a nevus into a melanoma (a false alarm): the share of the source "

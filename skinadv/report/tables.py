@@ -130,6 +130,8 @@ def defences_table(frame: pd.DataFrame) -> pd.DataFrame:
         "whitebox_pgd_accuracy",
         "whitebox_pgd_balanced_accuracy",
         *_robust(frame, ["balanced_accuracy"]),
+        "train_seconds",
+        "train_grad_evals",
     ]
     rows = pd.concat([frame[frame["method"].isna()], rows])
     return rows.reindex(columns=["cell", "seeds", *with_interval(frame, cols)]).reset_index(
@@ -188,6 +190,8 @@ _PLAIN = {
     "protocol": "Protocol",
     "paper_fraction": "Paper's fraction",
     "seed": "Seed",
+    "train_seconds": "Training time (s)",
+    "train_grad_evals": "Training cost (gradient evaluations, images)",
     "registered": "MLflow registered model",
     # sweeps
     "eps": "PGD eps",
@@ -270,6 +274,8 @@ def format_value(col: str, v: Any, *, quoted: bool = False) -> str:
         return "–"
     if col in ("fraction", "best_fraction", "paper_fraction"):
         return f"{100 * float(v):.0f} %"
+    if col == "train_grad_evals":
+        return f"{float(v):,.0f}"
     if col in ("seeds", "seed", "steps", "restarts"):
         return str(int(v))
     if col == "eps":

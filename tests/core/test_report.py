@@ -24,6 +24,7 @@ from skinadv.report import (
     results_table,
     save_report,
     table2,
+    to_markdown,
 )
 from skinadv.results import Evaluation, ModelResult, RobustPoint, cell_name
 from skinadv.stats import cm_balanced_accuracy, confusion_bootstrap, t_interval
@@ -492,3 +493,23 @@ def test_clinical_view_and_champions_tables(tmp_path):
     assert "| pgd-at | skinadv-x-pgd-at v1 @robust-champion | pgd-at@2_255 | 1 | 31.0 |" in md
     assert "Validation: Robust bal. acc. at eps 2/255 (%)" in md
     assert "The clinical view" in (tmp_path / "report.html").read_text()
+
+
+def test_training_cost_is_kept_in_its_own_units():
+    """A model's training cost survives the JSON round trip, is a flat metric, and the
+    report averages it over seeds without turning it into a percentage."""
+    from skinadv.results import ModelResult as MR
+
+    runs = [
+        dataclasses.replace(
+            scored("pgd-at@2_255", s), cost={"seconds": 40.0 + s, "grad_evals": 6e5}
+        )
+        for s in range(2)
+    ]
+    back = MR.from_dict(runs[1].to_dict())
+    assert back.cost == {"seconds": 41.0, "grad_evals": 6e5}
+    assert back.flat_metrics()["train_grad_evals"] == 6e5
+    rep = report([scored("vanilla", s) for s in range(2)] + runs)
+    row = rep.tables["defences_on_the_fly"].set_index("cell").loc["pgd-at@2_255"]
+    assert row["train_seconds"] == pytest.approx(40.5) and row["train_grad_evals"] == 6e5
+    assert "600,000" in to_markdown(rep)
