@@ -252,3 +252,39 @@ def test_on_the_fly_defences_and_the_robust_curve(harness):
     assert_nothing_running("f-def")
     again = run(harness, "f-def", methods=["fgsm"], fractions=[1.0], overrides=TINY + extra)
     assert again.trained == [] and "pgd-at@8_255 s0" in again.reused
+
+
+def test_three_seeds_give_three_runs_per_cell_and_the_table_aggregates_them(harness):
+    """``seeds=[0, 1, 2]``: exactly three complete runs per cell in MLflow, one per seed, and
+    the report's row for the cell is the mean of exactly those runs' metrics, with the
+    t-interval over them."""
+    import mlflow
+    import pandas as pd
+    from scipy import stats as st
+
+    overrides = [o for o in TINY if not o.startswith("seeds=")] + ["seeds=[0, 1, 2]"]
+    out = run(harness, "f-seeds", methods=["fgsm"], fractions=[1.0], overrides=overrides)
+    assert sorted(out.trained) == sorted(
+        f"{c} s{s}" for c in ("vanilla", "fgsm@1") for s in range(3)
+    )
+    c = mlflow.MlflowClient()
+    complete = [
+        r
+        for r in children("f-seeds", out.parent_run_id)
+        if r.data.tags.get(tracking.TAG_COMPLETE) == "true"
+    ]
+    for cell in ("vanilla", "fgsm@1"):
+        mine = [r for r in complete if r.data.tags[tracking.TAG_CELL] == cell]
+        assert sorted(int(r.data.params["seed"]) for r in mine) == [0, 1, 2]
+        x = [100 * c.get_run(r.info.run_id).data.metrics["clean_balanced_accuracy"] for r in mine]
+        table = pd.read_csv(
+            out.files["grid_all_cells.csv"]
+            if cell != "vanilla"
+            else out.files["table1_vanilla.csv"]
+        )
+        row = table.iloc[0]
+        key = "clean_balanced_accuracy"
+        assert row["seeds"] == 3 and row[key] == pytest.approx(sum(x) / 3)
+        low, high = st.t.interval(0.95, 2, loc=sum(x) / 3, scale=st.sem(x))
+        assert [row[key + "_ci_low"], row[key + "_ci_high"]] == pytest.approx([low, high])
+    assert_nothing_running("f-seeds")
