@@ -18,21 +18,20 @@ NAME = "skinadv-test-pgd-at"
 def mlflow_tmp(tmp_path: Path, monkeypatch):
     """MLflow on ``tmp_path/mlflow.db`` with artifacts under ``tmp_path/artifacts``.
 
-    ``tracking.client()`` builds a fresh ``MlflowClient`` per call (no cache), so setting the
-    URI is enough; the environment variable covers clients built after the test changes it.
+    Only the environment variable is set (and undone by monkeypatch): ``mlflow.set_tracking_uri``
+    would pin the URI for the whole pytest process, and later tests that point MLflow at
+    their own server through the environment would silently talk to this one's default.
+    ``tracking.client()`` builds a fresh ``MlflowClient`` per call, so the variable is enough.
     """
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
     # pre-create the experiment so its artifacts land in tmp_path, not ./mlruns
     mlflow.MlflowClient().create_experiment(
         EXPERIMENT, artifact_location=(tmp_path / "artifacts").as_uri()
     )
     yield tmp_path
-    mlflow.set_tracking_uri(before)
 
 
 def _run_with_weights(tmp_path: Path, label: str) -> tuple[str, bytes]:
