@@ -52,6 +52,7 @@ def up(
                     ("MLFLOW_TRACKING_URI", stack.mlflow_tracking_uri),
                     ("PREFECT_API_URL", stack.prefect_api_url),
                     ("RAY_ADDRESS", stack.ray_address),
+                    *stack.ray_auth_env.items(),  # the head requires its token
                 )
                 if value
             )

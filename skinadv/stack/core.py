@@ -83,6 +83,7 @@ class Stack:
         self.services: dict[str, Service] = {}
         self._ray_tmp: Path | None = None  # a short /tmp dir this stack made for Ray
         self._saved_env: dict[str, str | None] = {}
+        self._ray_auth: dict[str, str] = {}  # what ray.init needs to reach a head started here
         self._old_sigterm: Any = None
         self._stopped = True
 
@@ -107,6 +108,12 @@ class Stack:
     @property
     def ray_address(self) -> str | None:
         return self._address("ray")
+
+    @property
+    def ray_auth_env(self) -> dict[str, str]:
+        """``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN_PATH`` for a head started here (empty for a
+        found one): what another process needs besides ``RAY_ADDRESS`` to reach it."""
+        return dict(self._ray_auth)
 
     @property
     def startup_seconds(self) -> dict[str, float]:
@@ -165,6 +172,7 @@ class Stack:
         if self._ray_tmp is not None:
             ray_head.remove_temp_dir(self.run_dir, self._ray_tmp)
             self._ray_tmp = None
+        self._ray_auth = {}
         self._restore_env()
         process.restore_sigterm(self._old_sigterm)
         self._old_sigterm = None
@@ -320,16 +328,18 @@ class Stack:
 
     def _ray_command(self, svc: Service, env: Env) -> tuple[list[str], Env]:
         temp_dir, self._ray_tmp = ray_head.make_temp_dir(self.run_dir)
-        return ray_head.command(svc, env, temp_dir=temp_dir, num_cpus=self.ray_num_cpus)
+        cmd, env = ray_head.command(svc, env, temp_dir=temp_dir, num_cpus=self.ray_num_cpus)
+        self._ray_auth = {k: env[k] for k in ray_head.AUTH_ENV_VARS}
+        return cmd, env
 
     # -- environment ------------------------------------------------------------------
 
     def _export_env(self) -> None:
-        for name, svc in self.services.items():
-            key = ENV_VARS[name]
-            if os.environ.get(key) != svc.address:
+        exported = {ENV_VARS[name]: svc.address for name, svc in self.services.items()}
+        for key, value in {**exported, **self._ray_auth}.items():
+            if os.environ.get(key) != value:
                 self._saved_env.setdefault(key, os.environ.get(key))
-                os.environ[key] = svc.address
+                os.environ[key] = value
         prefect_server.refresh_settings()
 
     def _restore_env(self) -> None:

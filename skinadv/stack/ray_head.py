@@ -3,12 +3,19 @@
 A started head gets every port fixed (another Ray on this machine keeps its defaults) and
 its temp dir in ``RUN/ray``, or in a short folder under /tmp linked from there when the
 run folder is too deep for Ray's Unix socket paths.
+
+A started head requires Ray's token authentication (``RAY_AUTH_MODE=token``, Ray >=
+2.52): Ray's GCS, raylet and client server listen beyond 127.0.0.1 whatever the options
+say, and without a token anyone who reaches them can run code here. The token is fresh
+for each head, in a 0600 file under its temp dir; the head, its workers (they inherit the
+raylet's environment) and the driver (``ray.init``) read it through ``RAY_AUTH_TOKEN_PATH``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -48,11 +55,28 @@ def planned(ports: tuple[int, ...], logs: Path) -> Service:
     )
 
 
+#: what a driver or worker needs in its environment to talk to a head started here
+AUTH_ENV_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
+
+
+def auth_env(temp_dir: Path) -> Env:
+    """Token authentication for a head about to start: a fresh random token written to
+    ``temp_dir/auth_token`` (mode 0600), and the environment that makes Ray use it."""
+    path = temp_dir / "auth_token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    os.chmod(path, 0o600)  # also when the file was there already
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
+
+
 def command(
     svc: Service, env: Env, *, temp_dir: Path, num_cpus: int | None
 ) -> tuple[list[str], Env]:
-    """``ray start --head --block`` for ``svc`` and its environment (``env`` is updated)."""
+    """``ray start --head --block`` for ``svc`` and its environment (``env`` is updated,
+    token authentication included: see ``auth_env``)."""
     gcs, dash, client, agent_http, agent_grpc, metrics, rtenv = svc.ports
+    env |= auth_env(temp_dir)
     env |= {
         "RAY_USAGE_STATS_ENABLED": "0",
         # on SIGTERM, tear down now instead of draining the node for 30 s

@@ -108,7 +108,8 @@ def test_prefect_yaml_work_pool_is_process_with_code_env_vars(prefect_yaml):
     for dep in prefect_yaml["deployments"]:
         pool = dep["work_pool"]
         assert pool["name"] == "skinadv-process"
-        env = pool["job_variables"]["env"]
+        env = dict(pool["job_variables"]["env"])
+        assert env.pop("RAY_AUTH_MODE") == "token"  # a setting, not an address
         assert set(env) <= CODE_ENV and {"RAY_ADDRESS", "MLFLOW_TRACKING_URI"} <= set(env)
         # addresses come from the deploying shell, never literals in the file
         assert all(v == f"{{{{ ${k} }}}}" for k, v in env.items())
@@ -281,6 +282,26 @@ def test_kuberay_manifest_has_head_and_gpu_workers_with_service_env():
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
+def test_every_ray_in_infra_requires_a_token(compose, prefect_yaml):
+    """Ray's token authentication is on wherever these files start or reach Ray; the token
+    itself is never written in them."""
+    env = compose["x-skinadv"]["environment"]
+    assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"].startswith(
+        "${RAY_AUTH_TOKEN:?"
+    )
+    for name in ("ray-head", "ray-gpu-worker", "skinadv", "skinadv-serve"):
+        assert compose["services"][name]["environment"]["RAY_AUTH_MODE"] == "token", name
+    docs = yaml.safe_load_all((INFRA / "kuberay-raycluster.yaml").read_text())
+    kuberay = next(d for d in docs if d["kind"] == "RayCluster")
+    assert kuberay["spec"]["authOptions"] == {"mode": "token"}
+    launcher = yaml.safe_load((INFRA / "ray-cluster.yaml").read_text())
+    starts = launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
+    assert "/home/ubuntu/.ray/auth_token" in launcher["file_mounts"]
+    job_env = prefect_yaml["definitions"]["work_pool"]["job_variables"]["env"]
+    assert job_env["RAY_AUTH_MODE"] == "token" and "RAY_AUTH_TOKEN" not in job_env
+
+
 # -- README -----------------------------------------------------------------------------
 
 
@@ -294,6 +315,8 @@ def test_readme_documents_every_file_and_variable():
         *CODE_ENV,
         "--run-dir",
         "skinadv serve",
+        "RAY_AUTH_MODE",
+        "RAY_AUTH_TOKEN",
     ):
         assert name in text, name
     files = {p.name for p in INFRA.iterdir() if p.is_file() and p.suffix == ".yaml"}
