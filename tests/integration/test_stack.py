@@ -349,6 +349,38 @@ def test_up_command_stops_what_it_started_on_sigterm(stack: Stack, tmp_path: Pat
     assert _get(stack.prefect_api_url + "/health")[0] == 200  # found, so left running
 
 
+_RAY_CLIENT = """
+import sys
+import ray
+try:
+    ray.init(address=sys.argv[1], log_to_driver=False)
+except ConnectionError:
+    print("REFUSED")
+    sys.exit(3)
+print("OK", ray.get(ray.put(7)))
+"""
+
+
+@pytest.mark.integration
+def test_ray_head_refuses_a_client_without_its_token(stack: Stack, tmp_path: Path) -> None:
+    """The Ray head skinadv starts requires Ray's token authentication (its GCS and raylet
+    listen beyond 127.0.0.1): a client without the token is refused, the same client with
+    it connects, and the token file is readable by its owner only."""
+    auth = stack.ray_auth_env
+    assert auth["RAY_AUTH_MODE"] == "token"
+    token = Path(auth["RAY_AUTH_TOKEN_PATH"])
+    assert token.stat().st_mode & 0o077 == 0 and len(token.read_text().strip()) >= 32
+    assert {k: os.environ[k] for k in auth} == auth  # this process (ray.init) has it
+    env = {k: v for k, v in _clean_env().items() if not k.startswith("RAY_AUTH")}
+    env["HOME"] = str(tmp_path)  # no default token file (~/.ray/auth_token) either
+    cmd = [sys.executable, "-c", _RAY_CLIENT, stack.ray_address]
+    refused = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 3 and "REFUSED" in refused.stdout, refused.stderr[-3000:]
+    assert "token" in refused.stderr.lower()  # Ray says why
+    allowed = subprocess.run(cmd, env=env | auth, capture_output=True, text=True, timeout=120)
+    assert allowed.returncode == 0 and "OK 7" in allowed.stdout, allowed.stderr[-3000:]
+
+
 @pytest.mark.integration
 def test_stop_leaves_nothing(stack: Stack) -> None:
     started = {name: svc.process.pid for name, svc in stack.services.items()}
@@ -429,35 +461,3 @@ def test_redact_and_importing_starts_nothing() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-
-
-_RAY_CLIENT = """
-import sys
-import ray
-try:
-    ray.init(address=sys.argv[1], log_to_driver=False)
-except ConnectionError:
-    print("REFUSED")
-    sys.exit(3)
-print("OK", ray.get(ray.put(7)))
-"""
-
-
-@pytest.mark.integration
-def test_ray_head_refuses_a_client_without_its_token(stack: Stack, tmp_path: Path) -> None:
-    """The Ray head skinadv starts requires Ray's token authentication (its GCS and raylet
-    listen beyond 127.0.0.1): a client without the token is refused, the same client with
-    it connects, and the token file is readable by its owner only."""
-    auth = stack.ray_auth_env
-    assert auth["RAY_AUTH_MODE"] == "token"
-    token = Path(auth["RAY_AUTH_TOKEN_PATH"])
-    assert token.stat().st_mode & 0o077 == 0 and len(token.read_text().strip()) >= 32
-    assert {k: os.environ[k] for k in auth} == auth  # this process (ray.init) has it
-    env = {k: v for k, v in _clean_env().items() if not k.startswith("RAY_AUTH")}
-    env["HOME"] = str(tmp_path)  # no default token file (~/.ray/auth_token) either
-    cmd = [sys.executable, "-c", _RAY_CLIENT, stack.ray_address]
-    refused = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 3 and "REFUSED" in refused.stdout, refused.stderr[-3000:]
-    assert "token" in refused.stderr.lower()  # Ray says why
-    allowed = subprocess.run(cmd, env=env | auth, capture_output=True, text=True, timeout=120)
-    assert allowed.returncode == 0 and "OK 7" in allowed.stdout, allowed.stderr[-3000:]
