@@ -10,7 +10,15 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from skinadv.commands import DataOpt, JsonOpt, console, fail, print_json, stdout_console
+from skinadv.commands import (
+    DataOpt,
+    JsonOpt,
+    console,
+    fail,
+    print_json,
+    stdout_console,
+    user_errors,
+)
 
 app = typer.Typer(
     help="Load, inspect and convert data sources.",
@@ -22,8 +30,9 @@ SizeOpt = Annotated[int, typer.Option("--size", help="Image side length in pixel
 
 
 def load_with_progress(spec: str, size: int):
-    """load_dataset with a progress bar on stderr; DataError becomes a clean exit 2."""
-    from skinadv.data import DataError, load_dataset
+    """load_dataset with a progress bar on stderr; bad data (DataError) becomes a clean
+    exit 2, an unreadable file exit 1."""
+    from skinadv.data import load_dataset
 
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -38,10 +47,8 @@ def load_with_progress(spec: str, size: int):
         def report(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        try:
+        with user_errors():  # DataError (any ValueError): exit 2; unreadable files: exit 1
             return load_dataset(spec, size=size, progress=report)
-        except DataError as exc:
-            raise fail(str(exc)) from None
 
 
 @app.command("summary")
@@ -95,7 +102,8 @@ def data_prepare(
     if out.suffix != ".npz":
         raise fail(f"{out}: the output must be a .npz file")
     ds = load_with_progress(data, size)
-    ds.save_npz(out)
+    with user_errors():  # e.g. --out names a folder, or one we may not write
+        ds.save_npz(out)
     stdout_console.print(
         f"wrote {out} ({len(ds)} images, {ds.size}x{ds.size}, fingerprint {ds.fingerprint()})"
     )

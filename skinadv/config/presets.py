@@ -3,7 +3,7 @@ overrides given as ``"a.b=value"`` strings or dicts."""
 
 from __future__ import annotations
 
-import json
+import copy
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -34,7 +34,7 @@ def _read_yaml(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
         )
     try:
         data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
         raise ValueError(f"{where}: not valid YAML ({exc})") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping at the top level")
@@ -65,7 +65,9 @@ def parse_overrides(overrides: Mapping[str, Any] | Iterable[str] | None) -> dict
             raise ValueError(f"override {item!r} must look like key.sub=value")
         try:
             flat[key] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as exc:
+        # ValueError: a date like 2020-13-01, an int of over 4300 digits; RecursionError:
+        # absurdly deep nesting ([[[[...)
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
             raise ValueError(f"override {item!r}: value is not valid YAML ({exc})") from exc
     return flat
 
@@ -75,7 +77,7 @@ def apply_overrides(
     overrides: Mapping[str, Any] | Iterable[str] | None,
 ) -> dict[str, Any]:
     """A copy of ``data`` with dotted-key overrides applied (unknown keys fail validation)."""
-    out = json.loads(json.dumps(data))  # deep copy of plain YAML data
+    out = copy.deepcopy(data)  # YAML data may hold dates, which JSON cannot copy
     for key, value in parse_overrides(overrides).items():
         node = out
         parts = key.split(".")
@@ -130,11 +132,13 @@ def describe_error(exc: BaseException) -> str:
     """One line for a user: pydantic errors as ``loc: message; ...``, others their text."""
     from pydantic import ValidationError
 
+    text = str(exc)
     if isinstance(exc, ValidationError):
         parts = []
         for err in exc.errors():
             loc = ".".join(str(p) for p in err.get("loc", ())) or "config"
             msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
             parts.append(f"{loc}: {msg}")
-        return "; ".join(parts)
-    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        text = "; ".join(parts)
+    # one line even when a message quotes a user's value holding a line break
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())

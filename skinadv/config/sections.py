@@ -43,7 +43,9 @@ def parse_eps(v: Any) -> Any:
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: an infinite lr or a NaN budget is a typo, and the config hash
+    # (strict JSON) could not be computed for it
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Config):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -63,6 +64,13 @@ class Dataset:
 
     def __post_init__(self) -> None:
         validate_arrays(self.images, self.labels, where=self.source)
+        for name in ("image_id", "lesion_id"):
+            ids = getattr(self, name)
+            if ids is not None and ids.shape != self.labels.shape:
+                raise DataError(
+                    f"{self.source}: {name} must be ({len(self.labels)},) like the labels, "
+                    f"got {ids.shape}"
+                )
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -126,7 +134,12 @@ class Dataset:
 
 def validate_arrays(images: np.ndarray, labels: np.ndarray, *, where: str) -> None:
     """Raise DataError unless images/labels are a non-empty canonical pair."""
-    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
+    if (
+        images.ndim != 4
+        or images.shape[-1] != 3
+        or images.shape[1] != images.shape[2]
+        or images.shape[1] < 1
+    ):
         raise DataError(f"{where}: images must be (N, H, W, 3) square RGB, got {images.shape}")
     if images.dtype != np.uint8:
         raise DataError(f"{where}: images must be uint8, got {images.dtype}")
@@ -151,6 +164,8 @@ def to_uint8(arr: np.ndarray, *, where: str) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.dtype == np.uint8:
         return arr
+    if arr.dtype.kind not in "biuf":  # strings, complex, dates, raw bytes: not pixels
+        raise DataError(f"{where}: pixel values must be numbers, got dtype {arr.dtype}")
     if arr.dtype.kind == "f":
         nan = np.argwhere(~np.isfinite(arr))
         if nan.size:
@@ -161,3 +176,35 @@ def to_uint8(arr: np.ndarray, *, where: str) -> np.ndarray:
     if lo < 0 or hi > 255:
         raise DataError(f"{where}: pixel values must be in [0, 255], found [{lo:g}, {hi:g}]")
     return arr.astype(np.uint8)
+
+
+def to_int_labels(labels: np.ndarray, *, where: str) -> np.ndarray:
+    """Labels as a flat array; float labels must be whole numbers (NaN, inf, 2.5 are errors).
+
+    Range and dtype are ``validate_arrays``' to check."""
+    labels = np.asarray(labels).reshape(-1)
+    if labels.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
+        if bad.size:
+            r = int(bad[0])
+            raise DataError(f"{where}: label {labels[r]:g} at row {r} is not a class number")
+        labels = labels.astype(np.int64)
+    return labels
+
+
+def empty_images(n: int, size: int, *, where: str) -> np.ndarray:
+    """An uninitialised (n, size, size, 3) uint8 array, or DataError when it cannot fit in
+    this machine's memory (checked before allocating: an overcommitted array would only
+    fail, or be killed, while it is filled)."""
+    need = int(n) * int(size) * int(size) * 3
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # not POSIX: only the allocation can tell
+        total = None
+    message = f"{where}: {n} images of {size}x{size} pixels need {need / 2**30:.1f} GiB"
+    if total and need > total:
+        raise DataError(f"{message}, more than this machine's {total / 2**30:.1f} GiB")
+    try:
+        return np.empty((n, size, size, 3), dtype=np.uint8)
+    except MemoryError as exc:
+        raise DataError(f"{message}: out of memory") from exc

@@ -28,6 +28,8 @@ from skinadv.data.dataset import (
     HMNIST_TO_CANONICAL,
     DataError,
     Dataset,
+    empty_images,
+    to_int_labels,
     to_uint8,
     validate_arrays,
 )
@@ -45,6 +47,8 @@ ACCEPTED_FORMS = (
     "a canonical .npz with 'images' (N,H,W,3 uint8) and 'labels'",
     "'synthetic', 'synthetic:N' or 'synthetic:N:SEED'",
 )
+#: Largest image side ``load_dataset`` makes (HAM10000's own images are 600x450).
+MAX_SIZE = 1024
 # Bump when the resize pipeline changes: the cache key includes it.
 _RESIZE_VERSION = "lanczos-v1"
 # A progress callback: (done, total) -> None. The CLI passes a rich progress bar.
@@ -67,6 +71,13 @@ def absolute_spec(spec: str) -> str:
 def detect(spec: str) -> str:
     """Name the source kind a SPEC points at, or raise DataError listing the accepted forms."""
     s = str(spec).strip()
+    try:
+        return _detect(s)
+    except OSError as exc:  # a name too long, a folder we may not list: not a usable SPEC
+        raise DataError(f"{s}: cannot read ({exc.strerror or exc})") from exc
+
+
+def _detect(s: str) -> str:
     if s == "synthetic" or s.startswith("synthetic:"):
         return "synthetic"
     if s.startswith("s3://"):
@@ -116,7 +127,8 @@ def load_dataset(
 
     Args:
         spec: a path or spec string (see the module docstring).
-        size: output side length in pixels; sources at another size are resized (LANCZOS).
+        size: output side length in pixels, 4 to ``MAX_SIZE``; sources at another size are
+            resized (LANCZOS).
         cache_dir: where resized HAM10000 arrays are cached (default ``$SKINADV_CACHE_DIR``
             or ``~/.cache/skinadv``).
         progress: optional ``(done, total)`` callback for long loads.
@@ -124,8 +136,8 @@ def load_dataset(
     Returns:
         The Dataset; raises DataError (a ValueError) naming the file and fault on bad input.
     """
-    if size < 4:
-        raise DataError(f"image size must be at least 4 pixels, got {size}")
+    if not 4 <= size <= MAX_SIZE:
+        raise DataError(f"image size must be 4 to {MAX_SIZE} pixels, got {size}")
     spec = str(spec)
     kind = detect(spec)
     if kind == "synthetic":
@@ -234,7 +246,7 @@ def load_ham10000(
         except Exception as exc:  # a damaged cache is rebuilt, never trusted
             log.warning("ignoring unreadable cache %s (%s)", cache_path, exc)
 
-    images = np.empty((len(meta), size, size, 3), dtype=np.uint8)
+    images = empty_images(len(meta), size, where=str(meta_path))
     t0 = time.perf_counter()
     for i, (path, data) in enumerate(zip(paths_in_order, blobs)):
         images[i] = _decode_resize(path, data, size)
@@ -312,6 +324,30 @@ def load_hmnist_csv(path: str | os.PathLike) -> Dataset:
             f"{path}: header has {len(header)} columns; an hmnist RGB CSV has 3*S*S pixel "
             f"columns + 'label' (2353 for 28x28)"
         )
+    try:
+        rows = _hmnist_rows(path, header)
+    except UnicodeDecodeError as exc:  # the header was text, a later line is not
+        raise DataError(f"{path}: cannot read CSV ({exc})") from exc
+    if not rows:
+        raise DataError(f"{path}: the data set is empty (no data rows)")
+    table = np.stack(rows)
+    raw_labels = table[:, -1]
+    bad = np.flatnonzero((raw_labels != np.round(raw_labels)) | (raw_labels < 0) | (raw_labels > 6))
+    if bad.size:
+        raise DataError(
+            f"{path}: row {int(bad[0]) + 2}: label {raw_labels[bad[0]]:g} is outside the class "
+            f"set 0..6 (hmnist order)"
+        )
+    pixels = table[:, :-1]
+    if pixels.min() < 0 or pixels.max() > 255:
+        r = int(np.flatnonzero((pixels < 0).any(1) | (pixels > 255).any(1))[0])
+        raise DataError(f"{path}: row {r + 2}: pixel value outside [0, 255]")
+    images = pixels.astype(np.uint8).reshape(-1, side, side, 3)
+    labels = HMNIST_TO_CANONICAL[raw_labels.astype(np.int64)]
+    return Dataset(images=images, labels=labels, kind="hmnist_csv", source=str(path))
+
+
+def _hmnist_rows(path: Path, header: list[str]) -> list[np.ndarray]:
     rows: list[np.ndarray] = []
     with open(path, encoding="utf-8") as fh:
         next(fh)
@@ -331,23 +367,7 @@ def load_hmnist_csv(path: str | os.PathLike) -> Dataset:
                 col = int(np.flatnonzero(~np.isfinite(values))[0])
                 raise DataError(f"{path}: row {lineno}: NaN in column {header[col]!r}")
             rows.append(values)
-    if not rows:
-        raise DataError(f"{path}: the data set is empty (no data rows)")
-    table = np.stack(rows)
-    raw_labels = table[:, -1]
-    bad = np.flatnonzero((raw_labels != np.round(raw_labels)) | (raw_labels < 0) | (raw_labels > 6))
-    if bad.size:
-        raise DataError(
-            f"{path}: row {int(bad[0]) + 2}: label {raw_labels[bad[0]]:g} is outside the class "
-            f"set 0..6 (hmnist order)"
-        )
-    pixels = table[:, :-1]
-    if pixels.min() < 0 or pixels.max() > 255:
-        r = int(np.flatnonzero((pixels < 0).any(1) | (pixels > 255).any(1))[0])
-        raise DataError(f"{path}: row {r + 2}: pixel value outside [0, 255]")
-    images = pixels.astype(np.uint8).reshape(-1, side, side, 3)
-    labels = HMNIST_TO_CANONICAL[raw_labels.astype(np.int64)]
-    return Dataset(images=images, labels=labels, kind="hmnist_csv", source=str(path))
+    return rows
 
 
 # --------------------------------------------------------------------------- npz sources
@@ -372,14 +392,15 @@ def load_dermamnist(path: str | os.PathLike) -> Dataset:
         if f"{part}_labels" not in z:
             raise DataError(f"{path}: has {part}_images but no {part}_labels")
         x = to_uint8(z[f"{part}_images"], where=f"{path}[{part}_images]")
-        y = np.asarray(z[f"{part}_labels"]).reshape(-1)
-        if y.dtype.kind == "f":
-            if not np.isfinite(y).all():
-                raise DataError(f"{path}[{part}_labels]: NaN label")
-            y = y.astype(np.int64)
+        y = to_int_labels(z[f"{part}_labels"], where=f"{path}[{part}_labels]")
         if x.ndim == 3:  # grey-scale MedMNIST variants: repeat to RGB
             x = np.repeat(x[..., None], 3, axis=-1)
         validate_arrays(x, y, where=f"{path}[{part}]")
+        if images and x.shape[1:] != images[0].shape[1:]:
+            raise DataError(
+                f"{path}[{part}_images]: images of {x.shape[1:]}, but train's are "
+                f"{images[0].shape[1:]}"
+            )
         images.append(x)
         labels.append(y.astype(np.int64))
         given[part] = np.arange(start, start + len(y))
@@ -398,28 +419,31 @@ def load_npz(path: str | os.PathLike) -> Dataset:
     path = Path(path)
     z = _npz_arrays(path)
     images = to_uint8(z["images"], where=f"{path}[images]")
-    labels = np.asarray(z["labels"]).reshape(-1)
-    if labels.dtype.kind == "f":
-        if not np.isfinite(labels).all():
-            raise DataError(
-                f"{path}[labels]: NaN label at row {int(np.flatnonzero(~np.isfinite(labels))[0])}"
-            )
-        labels = labels.astype(np.int64)
+    labels = to_int_labels(z["labels"], where=f"{path}[labels]")
     validate_arrays(images, labels, where=str(path))
     return Dataset(
         images=images,
         labels=labels.astype(np.int64),
         kind="npz",
         source=str(path),
-        image_id=z["image_id"].astype(str) if "image_id" in z else None,
-        lesion_id=z["lesion_id"].astype(str) if "lesion_id" in z else None,
+        image_id=_ids(z, "image_id", path),
+        lesion_id=_ids(z, "lesion_id", path),
     )
+
+
+def _ids(z: dict[str, np.ndarray], key: str, path: Path) -> np.ndarray | None:
+    if key not in z:
+        return None
+    try:
+        return z[key].astype(str)
+    except UnicodeDecodeError as exc:  # bytes ids that are not ASCII
+        raise DataError(f"{path}[{key}]: ids are not text ({exc})") from exc
 
 
 def _resized(ds: Dataset, size: int) -> Dataset:
     if ds.size == size:
         return ds
-    out = np.empty((len(ds), size, size, 3), dtype=np.uint8)
+    out = empty_images(len(ds), size, where=ds.source)
     for i, img in enumerate(ds.images):
         out[i] = np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
     from dataclasses import replace

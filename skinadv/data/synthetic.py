@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from skinadv.data.dataset import CLASSES, HAM10000_COUNTS, DataError, Dataset
+from skinadv.data.dataset import CLASSES, HAM10000_COUNTS, DataError, Dataset, empty_images
 
 # A lesion colour per class (RGB), so a small CNN can learn the classes.
 _LESION_RGB = np.array(
@@ -36,6 +36,8 @@ def parse_synthetic_spec(spec: str) -> tuple[int, int]:
         ) from exc
     if len(parts) > 3 or n < len(CLASSES):
         raise DataError(f"{spec}: synthetic needs N >= {len(CLASSES)} (one image per class)")
+    if seed < 0:
+        raise DataError(f"{spec}: the seed must be >= 0, got {seed}")
     return n, seed
 
 
@@ -45,6 +47,7 @@ def synthetic(*, n: int = 1000, size: int = 28, seed: int = 0) -> Dataset:
     Each image is skin-toned background plus an elliptical lesion whose colour and size
     depend on the class, with seeded noise. Same (n, size, seed), same bytes.
     """
+    images = empty_images(n, size, where=f"synthetic:{n}:{seed}")  # first: refuse absurd n
     rng = np.random.default_rng(seed)
     props = np.array([HAM10000_COUNTS[c] for c in CLASSES], dtype=np.float64)
     counts = np.maximum(1, np.floor(props / props.sum() * n)).astype(int)
@@ -52,7 +55,6 @@ def synthetic(*, n: int = 1000, size: int = 28, seed: int = 0) -> Dataset:
     labels = np.repeat(np.arange(len(CLASSES)), counts)
     rng.shuffle(labels)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(size - 1, 1)
-    images = np.empty((n, size, size, 3), dtype=np.uint8)
     for i, c in enumerate(labels):
         skin = np.array([215, 160, 150], np.float32) + rng.normal(0, 8, 3)
         cx, cy = rng.uniform(0.35, 0.65, 2)

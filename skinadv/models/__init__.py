@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import numbers
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -45,8 +46,10 @@ def create_model(name: str, *, num_classes: int = 7, **kw: Any) -> nn.Module:
         The model, with ``model.skinadv_config = {"name", "num_classes", "kwargs"}`` so
         ``save_model`` can describe it.
     """
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise ValueError(f"num_classes must be an integer, got {num_classes!r}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     try:
@@ -130,10 +133,12 @@ def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: its config {jpath.name} is missing (save with save_model)")
     try:
         meta = json.loads(jpath.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{jpath}: not valid JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, absurdly deep nesting
+        raise ValueError(f"{jpath}: not valid JSON ({type(exc).__name__}: {exc})") from exc
     if not isinstance(meta, dict) or "name" not in meta:
         raise ValueError(f"{jpath}: not a skinadv model config (no 'name')")
+    if not isinstance(meta.get("kwargs", {}), dict):
+        raise ValueError(f"{jpath}: 'kwargs' must be a mapping, got {meta['kwargs']!r}")
     return meta
 
 
@@ -153,12 +158,14 @@ def load_model(
     path = Path(path)
     meta = read_model_config(path)
     model = create_model(
-        meta["name"], num_classes=int(meta.get("num_classes", 7)), **dict(meta.get("kwargs", {}))
+        meta["name"], num_classes=meta.get("num_classes", 7), **meta.get("kwargs", {})
     )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling / zip errors all mean: not a usable checkpoint
         raise ValueError(f"{path}: not a loadable weights-only checkpoint ({exc})") from exc
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
+        raise ValueError(f"{path}: not a state dict (a mapping of parameter names to tensors)")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor, nn
+
+#: Refuse to build a model with more parameters than this (1 GiB of float32 weights): a
+#: width, pool or class count read from a damaged config must not exhaust memory.
+MAX_PARAMS = 2**28
 
 # Per-channel mean / std of the 10015 HAM10000 images at 28x28, in [0, 1] pixel units.
 # The model owns its normalisation, so attack budgets (eps) stay in pixel units.
@@ -41,12 +47,22 @@ class PaperCNN(nn.Module):
         self, num_classes: int = 7, *, width: int = 32, dropout: float = 0.3, pool: int = 1
     ) -> None:
         super().__init__()
+        for name, value in (("width", width), ("pool", pool)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
-        if not 0.0 <= dropout < 1.0:
+        if not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if pool < 1:
             raise ValueError(f"pool must be >= 1, got {pool}")
+        # conv weights 27w + 270w^2 (BatchNorm's are negligible), then the linear layer
+        n_params = 27 * width + 270 * width**2 + (4 * width * pool**2 + 1) * num_classes
+        if n_params > MAX_PARAMS:
+            raise ValueError(
+                f"width={width}, pool={pool}, num_classes={num_classes} give more than "
+                f"{MAX_PARAMS:.3g} parameters (1 GiB of weights)"
+            )
         w = width
         self.register_buffer("mean", torch.tensor(HAM10000_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(HAM10000_STD).view(1, 3, 1, 1))
