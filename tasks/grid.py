@@ -23,7 +23,6 @@ from prefect.states import Completed, State
 from skinadv import experiment as exp
 from skinadv import selection, tracking
 from skinadv.config import DefenceConfig, ExperimentConfig
-from skinadv.data import load_dataset
 from skinadv.data.io import atomic_write_npz
 from skinadv.evaluation.checks import Check, sanity_checks
 from skinadv.models import load_model, save_model
@@ -148,8 +147,8 @@ def _train_and_score(
     if stale:
         get_run_logger().warning("%s: marked %d dead attempt(s) KILLED", cell, len(stale))
     weights = grid.weights(cell, config_hash)
-    test = load_dataset(data.test)
-    val = load_dataset(data.val) if data.val else None
+    test = data.load("test")
+    val = data.load("val") if data.val else None
     with tracking.owned_run(
         grid.experiment,
         name=f"{cell}-s{seed}",
@@ -224,6 +223,7 @@ def prepare_data(cfg: ExperimentConfig, grid: GridRun) -> DataRef:
         n_test=len(prep.test),
         val=str(paths["val"]) if "val" in paths else None,
         n_val=0 if prep.val is None else len(prep.val),
+        size=cfg.data.size,
     )
 
 
@@ -240,7 +240,7 @@ def train_vanilla(cfg: ExperimentConfig, data: DataRef, *, seed: int, grid: Grid
     model = _train_and_score(
         cfg,
         data,
-        load_dataset(data.train),
+        data.load("train"),
         grid=grid,
         method=None,
         fraction=None,
@@ -279,7 +279,7 @@ def craft_pool(
     path = grid.path("adv", f"pool-{method}-{fraction}-{vanilla.config_hash}.npz")
     if not path.is_file():
         model, _ = load_model(_weights(vanilla))
-        x, y = load_dataset(data.train).to_float()
+        x, y = data.load("train").to_float()
         adversarial_pool(
             model,
             x,
@@ -326,7 +326,7 @@ def train_cell(
         return _reused(grid, run, h)
     if pool.path is None:
         raise RuntimeError(f"the {method} pool was skipped but {method}@{fraction:g} needs it")
-    x, y = load_dataset(data.train).to_float()
+    x, y = data.load("train").to_float()
     adv = AdvPool.load(pool.path)
     xa, ya = augment(x, y, adv, fraction)
     params = {
@@ -389,7 +389,7 @@ def train_defence(
     model = _train_and_score(
         cfg,
         data,
-        load_dataset(data.train),
+        data.load("train"),
         grid=grid,
         method=defence.method,
         fraction=None,
@@ -448,7 +448,7 @@ def gather(
         _, sweeps = tracking.load_result(vanilla.run_id)
         transfer = _transfer_sets(vanilla)
         model, _ = load_model(_weights(vanilla))
-        examples = exp.pick_examples(model, load_dataset(data.test), _load_sets(transfer))
+        examples = exp.pick_examples(model, data.load("test"), _load_sets(transfer))
     checks = sanity_checks(results, sweeps)
     report = build_report(
         results,

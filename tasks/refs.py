@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from skinadv.data import Dataset, load_dataset
 from skinadv.results import ModelResult
 
 
@@ -54,6 +55,12 @@ class DataRef:
     n_test: int
     val: str | None = None  # the validation split (held out from the training side)
     n_val: int = 0
+    size: int = 28  # the image side the files were written at (``data.size``)
+
+    def load(self, side: str) -> Dataset:
+        """One side of the split (``train``, ``val``, ``test``) as written: at its own size,
+        never resized to the loader's default."""
+        return load_dataset(getattr(self, side), size=self.size)
 
     def summary(self) -> dict[str, int | str]:
         return {

@@ -288,3 +288,21 @@ def test_three_seeds_give_three_runs_per_cell_and_the_table_aggregates_them(harn
         low, high = st.t.interval(0.95, 2, loc=sum(x) / 3, scale=st.sem(x))
         assert [row[key + "_ci_low"], row[key + "_ci_high"]] == pytest.approx([low, high])
     assert_nothing_running("f-seeds")
+
+
+def test_a_grid_at_another_image_size_keeps_that_size(harness):
+    """``data.size=16``: the tasks read the split files at 16 x 16 (the size they were
+    written at), not resized to the loader's default 28: the transfer sets and the pool are
+    16 x 16 too."""
+    import numpy as np
+
+    overrides = TINY + ["data.size=16"]
+    out = run(harness, "f-size", methods=["fgsm"], fractions=[1.0], overrides=overrides)
+    work = harness / "f-size" / "work"
+    arrays = [p for p in work.rglob("*.npz") if p.name.startswith(("transfer-", "pool-"))]
+    assert {p.name.split("-")[0] for p in arrays} == {"transfer", "pool"}
+    for p in arrays:
+        with np.load(p) as z:
+            shapes = {z[k].shape[-2:] for k in z.files if z[k].ndim == 4}
+        assert shapes == {(16, 16)}, (p.name, shapes)
+    assert sorted(out.trained) == ["fgsm@1 s0", "vanilla s0"]
