@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from skinadv.commands import console
+from skinadv.stack import mlflow_server
 
 app = typer.Typer(no_args_is_help=False, pretty_exceptions_enable=False)
 
@@ -57,6 +58,14 @@ def up(
                 if value
             )
             console.print(f"to use them from another shell:\n  export {exports}", soft_wrap=True)
+            if stack.mlflow_auth and stack.services.get("mlflow") is not None:
+                console.print(
+                    "MLflow asks for a user and password (basic auth): "
+                    f"MLFLOW_TRACKING_USERNAME={mlflow_server.AUTH_USER}, "
+                    "MLFLOW_TRACKING_PASSWORD=the admin_password in "
+                    f"{stack.run_dir / 'mlflow-auth.ini'}",
+                    soft_wrap=True,
+                )
             console.print(f"logs in {stack.run_dir / 'logs'}; press Ctrl-C to stop")
             while True:
                 time.sleep(1)

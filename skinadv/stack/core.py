@@ -49,6 +49,9 @@ class Stack:
             ``RUN/mlartifacts``). Clients always upload through the server.
         prefect_database_url: SQLAlchemy URL of a started Prefect server's database
             (default ``$SKINADV_PREFECT_DATABASE_URL``, else ``RUN/prefect/prefect.db``).
+        mlflow_auth: start MLflow with its basic-auth app, for shared use (default
+            ``$SKINADV_MLFLOW_AUTH`` is 1/true/yes); see ``mlflow_server.auth_setup``. This
+            process and a Ray head started here get the user and password.
 
     Raises:
         StackError: a storage setting is malformed (checked here, before anything starts).
@@ -68,6 +71,7 @@ class Stack:
         mlflow_backend_uri: str | None = None,
         mlflow_artifacts: str | None = None,
         prefect_database_url: str | None = None,
+        mlflow_auth: bool | None = None,
     ) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.mlflow_backend_uri = setting(mlflow_backend_uri, "mlflow_backend_uri")
@@ -76,6 +80,9 @@ class Stack:
             setting(prefect_database_url, "prefect_database_url")
         )
         self.wanted = {"mlflow": mlflow, "prefect": prefect, "ray": ray}
+        if mlflow_auth is None:
+            mlflow_auth = os.environ.get("SKINADV_MLFLOW_AUTH", "").lower() in ("1", "true", "yes")
+        self.mlflow_auth = mlflow_auth
         self.ray_num_cpus = ray_num_cpus
         self.timeout_s = timeout_s
         self.check_existing = check_existing
@@ -84,6 +91,7 @@ class Stack:
         self._ray_tmp: Path | None = None  # a short /tmp dir this stack made for Ray
         self._saved_env: dict[str, str | None] = {}
         self._ray_auth: dict[str, str] = {}  # what ray.init needs to reach a head started here
+        self._mlflow_auth: dict[str, str] = {}  # MLflow user and password, basic auth on
         self._old_sigterm: Any = None
         self._stopped = True
 
@@ -173,6 +181,7 @@ class Stack:
             ray_head.remove_temp_dir(self.run_dir, self._ray_tmp)
             self._ray_tmp = None
         self._ray_auth = {}
+        self._mlflow_auth = {}
         self._restore_env()
         process.restore_sigterm(self._old_sigterm)
         self._old_sigterm = None
@@ -297,7 +306,8 @@ class Stack:
         elif svc.name == "prefect":
             cmd, env = self._prefect_command(svc, env)
         else:
-            cmd, env = self._ray_command(svc, env)
+            env |= self._mlflow_auth  # its workers log to MLflow (the raylet's env, not
+            cmd, env = self._ray_command(svc, env)  # a runtime_env the dashboard shows)
         process.launch(svc, cmd, env, cwd=self.run_dir)
 
     def _mlflow_backend(self) -> str:
@@ -313,8 +323,15 @@ class Stack:
         mlflow_server.check_artifact_store(self._mlflow_artifacts())
 
     def _mlflow_command(self, svc: Service, env: Env) -> tuple[list[str], Env]:
+        server_auth = None
+        if self.mlflow_auth:
+            server_auth, self._mlflow_auth = mlflow_server.auth_setup(self.run_dir)
         return mlflow_server.command(
-            svc, env, backend_uri=self._mlflow_backend(), destination=self._mlflow_artifacts()
+            svc,
+            env,
+            backend_uri=self._mlflow_backend(),
+            destination=self._mlflow_artifacts(),
+            auth=server_auth,
         )
 
     def _prefect_command(self, svc: Service, env: Env) -> tuple[list[str], Env]:
@@ -336,7 +353,7 @@ class Stack:
 
     def _export_env(self) -> None:
         exported = {ENV_VARS[name]: svc.address for name, svc in self.services.items()}
-        for key, value in {**exported, **self._ray_auth}.items():
+        for key, value in {**exported, **self._ray_auth, **self._mlflow_auth}.items():
             if os.environ.get(key) != value:
                 self._saved_env.setdefault(key, os.environ.get(key))
                 os.environ[key] = value

@@ -60,11 +60,60 @@ def artifacts(run_dir: Path, destination: str | None) -> str:
     return destination or str(run_dir / "mlartifacts")
 
 
-def command(svc: Service, env: Env, *, backend_uri: str, destination: str) -> tuple[list[str], Env]:
+#: what a client needs in its environment to reach a server started with basic auth
+AUTH_ENV_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+AUTH_USER = "skinadv"
+
+
+def auth_setup(run_dir: Path) -> tuple[Env, Env]:
+    """MLflow's basic-auth app for a server about to start (``--app-name basic-auth``).
+
+    The admin user ``skinadv`` gets a random password, kept with the auth settings in
+    ``RUN/mlflow-auth.ini`` (mode 0600; reused by later starts, since MLflow keeps its users
+    in ``RUN/mlflow-auth.db``). Returns ``(server env, client env)``: the server's reads the
+    settings file; the client's is ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``.
+    """
+    import configparser
+    import secrets
+
+    ini = run_dir / "mlflow-auth.ini"
+    config = configparser.ConfigParser(interpolation=None)
+    if ini.is_file():
+        config.read(ini)
+    if not config.has_option("mlflow", "admin_password"):
+        config["mlflow"] = {
+            "default_permission": "READ",
+            "database_uri": f"sqlite:///{run_dir / 'mlflow-auth.db'}",
+            "admin_username": AUTH_USER,
+            "admin_password": secrets.token_urlsafe(24),
+            "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+            "secret_key": secrets.token_hex(32),
+        }
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(ini, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            config.write(f)
+    os.chmod(ini, 0o600)
+    m = config["mlflow"]
+    server = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": m.get("secret_key", ""),
+    }
+    client = {
+        "MLFLOW_TRACKING_USERNAME": m["admin_username"],
+        "MLFLOW_TRACKING_PASSWORD": m["admin_password"],
+    }
+    return server, client
+
+
+def command(
+    svc: Service, env: Env, *, backend_uri: str, destination: str, auth: Env | None = None
+) -> tuple[list[str], Env]:
     """``mlflow server`` for ``svc`` and its environment (``env`` is updated and returned).
 
     A backend URI with a password goes through ``MLFLOW_BACKEND_STORE_URI``, never argv
-    (which ``ps`` shows).
+    (which ``ps`` shows). ``auth``: the server env of ``auth_setup``, to start MLflow's
+    basic-auth app (every request needs a user and password).
     """
     for key in MLFLOW_SERVER_ENV_VARS:
         env.pop(key, None)  # this server's storage is the one given here, nothing else
@@ -98,6 +147,9 @@ def command(svc: Service, env: Env, *, backend_uri: str, destination: str) -> tu
         "--artifacts-destination",
         destination,
     ]
+    if auth:
+        env |= auth
+        cmd += ["--app-name", "basic-auth"]
     return cmd, env
 
 

@@ -317,6 +317,8 @@ def test_readme_documents_every_file_and_variable():
         "skinadv serve",
         "RAY_AUTH_MODE",
         "RAY_AUTH_TOKEN",
+        "SKINADV_MLFLOW_AUTH",
+        "basic-auth",
     ):
         assert name in text, name
     files = {p.name for p in INFRA.iterdir() if p.is_file() and p.suffix == ".yaml"}

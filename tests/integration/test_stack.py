@@ -461,3 +461,48 @@ def test_redact_and_importing_starts_nothing() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.integration
+def test_mlflow_basic_auth_refuses_unauthenticated_requests(tmp_path: Path) -> None:
+    """``mlflow_auth=True`` (``SKINADV_MLFLOW_AUTH=1``) starts MLflow's basic-auth app: a
+    request without a user and password, or with a wrong one, is refused (401); this
+    process gets the generated credentials through MLflow's own variables and logs; the
+    password is in a 0600 file, never on a command line; stopping restores the environment."""
+    import base64
+    import urllib.error
+
+    from skinadv import tracking
+    from skinadv.stack import mlflow_server
+
+    saved = {k: os.environ.pop(k) for k in ENV_KEYS if k in os.environ}
+    s = Stack(tmp_path / "run", prefect=False, ray=False, mlflow_auth=True)
+    try:
+        s.start()
+        url = s.mlflow_tracking_uri + "/api/2.0/mlflow/experiments/search?max_results=1"
+
+        def status(user_password: str | None) -> int:
+            req = urllib.request.Request(url)
+            if user_password is not None:
+                token = base64.b64encode(user_password.encode()).decode()
+                req.add_header("Authorization", f"Basic {token}")
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return resp.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        password = os.environ["MLFLOW_TRACKING_PASSWORD"]
+        assert os.environ["MLFLOW_TRACKING_USERNAME"] == mlflow_server.AUTH_USER
+        assert status(None) == 401
+        assert status(f"{mlflow_server.AUTH_USER}:wrong-password") == 401
+        assert status(f"{mlflow_server.AUTH_USER}:{password}") == 200
+        assert tracking.experiment_id("auth-check")  # the client logs with the credentials
+        ini = tmp_path / "run" / "mlflow-auth.ini"
+        assert ini.stat().st_mode & 0o077 == 0 and password in ini.read_text()
+        argv = Path(f"/proc/{s.services['mlflow'].process.pid}/cmdline").read_bytes()
+        assert b"basic-auth" in argv and password.encode() not in argv
+    finally:
+        s.stop()
+        os.environ.update(saved)
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
