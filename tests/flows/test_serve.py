@@ -73,6 +73,10 @@ def _wait(what: str, check, timeout_s: float, log: Path, interval: float = 2.0):
     )
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_serve(run_dir: Path, env: dict, log: Path) -> subprocess.Popen:
     """skinadv serve with defaults that the API run overrides (synthetic data, experiment)."""
     with open(log, "w") as fh:
@@ -96,6 +100,9 @@ def start_serve(run_dir: Path, env: dict, log: Path) -> subprocess.Popen:
             env=env,
             stdout=fh,
             stderr=subprocess.STDOUT,
+            # Ctrl-C as a terminal delivers it: a test suite started in the background
+            # (`cmd &` in a script) inherits SIGINT ignored, and so would serve
+            preexec_fn=_default_sigint,
         )
 
 
