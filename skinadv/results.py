@@ -109,6 +109,11 @@ def eps_label(eps: float) -> str:
     return plain
 
 
+def eps_text(eps: float) -> str:
+    """A budget as people write it: ``2/255``, or the paper's ``0.3``."""
+    return eps_label(eps).replace("_", "/")
+
+
 @dataclass(frozen=True)
 class RobustPoint:
     """White-box robust accuracy at one budget: an image counts as robust only if every
@@ -182,7 +187,8 @@ class TargetedPoint:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TargetedPoint:
         s = d.get("success")
-        return cls(d["source"], d["target"], float(d["eps"]), int(d["n"]), s and float(s))
+        success = None if s is None else float(s)
+        return cls(d["source"], d["target"], float(d["eps"]), int(d["n"]), success)
 
 
 #: validation metrics are the test metric names with this prefix (``val_clean_accuracy``)
@@ -331,5 +337,6 @@ __all__ = [
     "VAL",
     "cell_name",
     "eps_label",
+    "eps_text",
     "metric_key",
 ]

@@ -23,7 +23,7 @@ from typing import Literal
 
 import pandas as pd
 
-from skinadv.results import VAL, ModelResult, eps_label
+from skinadv.results import VAL, ModelResult, eps_text
 
 Rule = Literal["paper", "robust"]
 #: the paper's rule for its best split (Table 2), read on the validation split
@@ -103,10 +103,6 @@ def champions(results: Sequence[ModelResult]) -> dict[str, ModelResult]:
     return {m: r for m, (_, r) in out.items()}
 
 
-def _eps(eps: float) -> str:
-    return eps_label(eps).replace("_", "/")
-
-
 def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f} %"
 
@@ -125,9 +121,9 @@ def champion_card(r: ModelResult, *, experiment: str) -> tuple[str, dict[str, st
     figures in percent, as scored once; the validation figure it was chosen by)."""
     val = r.validation_metrics()
     key = robust_column(list(val)) or ""
-    at = key.removeprefix(VAL + "robust_").removesuffix("_balanced_accuracy").replace("_", "/")
+    at = "–" if r.val_robust is None else eps_text(r.val_robust.eps)
     flat = r.flat_metrics()
-    tested = ", ".join(_eps(p.eps) for p in r.curve)
+    tested = ", ".join(eps_text(p.eps) for p in r.curve)
     lines = [
         f"{r.cell}, seed {r.seed}, from experiment {experiment!r}: of every {r.method} model "
         f"trained, the most robust on the validation split (white-box PGD at eps {at}: "
@@ -138,7 +134,7 @@ def champion_card(r: ModelResult, *, experiment: str) -> tuple[str, dict[str, st
         f"{_pct(flat.get('clean_mel_recall'))}.",
     ]
     lines += [
-        f"Worst case over {', '.join(p.attacks)} at eps {_eps(p.eps)}: accuracy "
+        f"Worst case over {', '.join(p.attacks)} at eps {eps_text(p.eps)}: accuracy "
         f"{_pct(p.accuracy)}, balanced {_pct(p.balanced_accuracy)}."
         for p in r.curve
         if p.eps > 0

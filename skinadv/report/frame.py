@@ -225,6 +225,15 @@ def robust_key(col: str) -> tuple[str, str] | None:
     return None
 
 
+def targeted_key(col: str) -> tuple[str, str, float] | None:
+    """``targeted_mel_nv_2_255_success`` -> (``mel``, ``nv``, 2/255); None for any other
+    column (bounds included). The inverse of ``TargetedPoint.key``."""
+    if not (col.startswith("targeted_") and col.endswith("_success")):
+        return None
+    source, target, eps = col.removeprefix("targeted_").removesuffix("_success").split("_", 2)
+    return source, target, eps_of(eps)
+
+
 def robust_columns(frame: pd.DataFrame, metric: str) -> list[str]:
     """The frame's robust ``metric`` columns, by ascending eps."""
     keys = [(robust_key(c), c) for c in frame.columns]

@@ -24,10 +24,11 @@ from skinadv.report.frame import (
     robust_columns,
     robust_key,
     static_cells,
+    targeted_key,
     vanilla_row,
     with_interval,
 )
-from skinadv.results import METRICS, PROTOCOLS, VAL, ModelResult, eps_label, metric_key
+from skinadv.results import METRICS, PROTOCOLS, VAL, ModelResult, eps_text, metric_key
 from skinadv.selection import best_per_method
 
 #: The paper's two attacks, in table order.
@@ -151,10 +152,7 @@ def clinical_table(frame: pd.DataFrame) -> pd.DataFrame:
     under the worst case at each eps of the curve, then the success rate of each targeted
     attack (``mel`` -> ``nv``: a missed cancer; ``nv`` -> ``mel``: a false alarm). Empty when
     the run scored no targeted attack and no robust curve."""
-    targeted = sorted(
-        (c for c in frame.columns if c.startswith("targeted_") and c.endswith("_success")),
-        key=lambda c: (c.split("_")[1:3], eps_of(c.split("_", 3)[3].removesuffix("_success"))),
-    )
+    targeted = sorted((c for c in frame.columns if targeted_key(c)), key=targeted_key)
     robust = _robust(frame, ["mel_recall"])
     if not (targeted or robust):
         return frame.iloc[0:0].reindex(columns=["cell", "seeds"])
@@ -229,9 +227,10 @@ def column_label(col: str) -> Label:
     if col.startswith(VAL):
         inner = column_label(col.removeprefix(VAL))
         return Label(f"Validation: {inner.full}", inner.short, GROUPS["val"])
-    if col.startswith("targeted_") and col.endswith("_success"):
-        source, target, eps = col.removeprefix("targeted_").removesuffix("_success").split("_", 2)
-        at = eps_text(eps_of(eps))
+    targeted = targeted_key(col)
+    if targeted is not None:
+        source, target, eps = targeted
+        at = eps_text(eps)
         return Label(
             f"Targeted {source} -> {target} at eps {at}, success (%)",
             f"{source}→{target} {at}",
@@ -259,11 +258,6 @@ def column_label(col: str) -> Label:
     else:
         full = f"{attack} {_PROTOCOL_WORDS[protocol]} {words} (%)"
     return Label(full, short, GROUPS[protocol])
-
-
-def eps_text(eps: float) -> str:
-    """A budget as people write it: ``2/255``, or the paper's ``0.3``."""
-    return eps_label(eps).replace("_", "/")
 
 
 def format_value(col: str, v: Any, *, quoted: bool = False) -> str:

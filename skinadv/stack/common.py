@@ -38,6 +38,16 @@ class StackError(RuntimeError):
     """A service could not be found or started (the message says which and why)."""
 
 
+def write_private(path: Path, text: str) -> Path:
+    """Write a secret (a token, a password file) readable by its owner only: created 0600,
+    never world-readable for a moment, and set back to 0600 when it was there already."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+    return path
+
+
 def worker_env() -> Env:
     """The ``WORKER_ENV_VARS`` that are set (non-empty) in this process's environment.
 

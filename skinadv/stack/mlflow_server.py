@@ -7,11 +7,12 @@ only the server needs the folder or S3 credentials; Ray workers upload over HTTP
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from pathlib import Path
 
-from skinadv.stack.common import HOST, Env, Service, StackError
+from skinadv.stack.common import HOST, Env, Service, StackError, write_private
 from skinadv.stack.process import script
 from skinadv.stack.redact import has_password, redact
 
@@ -90,10 +91,10 @@ def auth_setup(run_dir: Path) -> tuple[Env, Env]:
             "secret_key": secrets.token_hex(32),
         }
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(ini, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            config.write(f)
-    os.chmod(ini, 0o600)
+        text = io.StringIO()
+        config.write(text)
+        write_private(ini, text.getvalue())
+    os.chmod(ini, 0o600)  # a file from an earlier start, too
     m = config["mlflow"]
     server = {
         "MLFLOW_AUTH_CONFIG_PATH": str(ini),

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from skinadv.stack.common import HOST, Env, Service
+from skinadv.stack.common import HOST, Env, Service, write_private
 from skinadv.stack.process import script
 
 # in this order: GCS, dashboard, client server, agent HTTP + gRPC, metrics, runtime-env agent
@@ -62,11 +62,7 @@ AUTH_ENV_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
 def auth_env(temp_dir: Path) -> Env:
     """Token authentication for a head about to start: a fresh random token written to
     ``temp_dir/auth_token`` (mode 0600), and the environment that makes Ray use it."""
-    path = temp_dir / "auth_token"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    os.chmod(path, 0o600)  # also when the file was there already
+    path = write_private(temp_dir / "auth_token", secrets.token_hex(32))
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
 
 
