@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from skinadv import experiment as exp
 from skinadv import tracking
 from skinadv.config import ExperimentConfig, grid_config
+from skinadv.data.io import atomic_write_bytes
 from skinadv.data.sources import absolute_spec
 from skinadv.evaluation.checks import Check
 from skinadv.results import ModelResult
@@ -41,6 +42,7 @@ from tasks.grid import (
     train_vanilla,
 )
 from tasks.refs import GridRun, TrainedModel
+from tasks.resources import cell_resources
 
 POOL_COST_ORDER = ("pgd", "mix", "fgsm")  # the costliest pool first: it is the critical path
 
@@ -58,7 +60,11 @@ class GridParams(BaseModel):
     overrides: list[str] = Field(default_factory=list, description="e.g. train.epochs=2")
     experiment: str = Field("skinadv-grid", description="MLflow experiment name.")
     force: bool = Field(False, description="Retrain even where a finished run exists.")
-    workdir: str = Field("runs/grid/work", description="Folder for intermediate files.")
+    workdir: str = Field(
+        "runs/grid/work",
+        description="The driver's folder; the report goes beside it. Tasks never use it: "
+        "they keep files in their node's own folder ($SKINADV_NODE_DIR).",
+    )
     out_dir: str | None = Field(None, description="Report folder (default beside workdir).")
 
     @model_validator(mode="after")
@@ -102,10 +108,12 @@ class GridFailed(RuntimeError):
 def grid_flow(params: GridParams = GridParams()) -> GridOutcome:  # noqa: B008
     """Train and score the methods x fractions grid; reuse finished models unless ``force``."""
     cfg = params.config()
+    out_dir = report_dir(params)
     with grid_run(params, cfg) as grid:  # the grid's MLflow parent run, owned here
         data = prepare_data.submit(cfg, grid)
+        prepared = data.result()  # every model needs it; its size sets the GPU share
         models: dict[str, PrefectFuture] = {}
-        with remote_options(**cell_resources()):
+        with remote_options(**cell_resources(cfg, prepared.n_train)):
             for seed in cfg.seeds:
                 vanilla = train_vanilla.submit(cfg, data, seed=seed, grid=grid)
                 pools = {
@@ -122,8 +130,9 @@ def grid_flow(params: GridParams = GridParams()) -> GridOutcome:  # noqa: B008
                         cfg, data, vanilla, defence=d, seed=seed, grid=grid
                     )
         done, failed = settle(models)
-        context = _context(cfg, params, data.result(), grid)
-        checks, files = gather.submit(cfg, data, done, grid=grid, context=context).result()
+        context = _context(cfg, params, prepared, grid)
+        checks, report = gather.submit(cfg, data, done, grid=grid, context=context).result()
+        files = write_report(report, out_dir)
         publish(done, files, grid)
         if failed:
             raise GridFailed(
@@ -132,7 +141,7 @@ def grid_flow(params: GridParams = GridParams()) -> GridOutcome:  # noqa: B008
             )
     return GridOutcome(
         grid.parent_run_id,
-        grid.out_dir,
+        str(out_dir),
         [m.result for m in done],
         trained=[m.label for m in done if not m.reused],
         reused=[m.label for m in done if m.reused],
@@ -141,12 +150,22 @@ def grid_flow(params: GridParams = GridParams()) -> GridOutcome:  # noqa: B008
     )
 
 
+def report_dir(params: GridParams) -> Path:
+    """Where the driver writes the report: ``out_dir``, else ``report/<experiment>`` beside
+    ``workdir``."""
+    workdir = Path(params.workdir).resolve()
+    return Path(params.out_dir or workdir.parent / "report" / params.experiment).resolve()
+
+
+def write_report(report: dict[str, bytes], out_dir: Path) -> dict[str, str]:
+    """The gathered report's files, written on the driver; ``{name: path}``."""
+    return {name: str(atomic_write_bytes(out_dir / name, data)) for name, data in report.items()}
+
+
 @contextmanager
 def grid_run(params: GridParams, cfg: ExperimentConfig) -> Iterator[GridRun]:
     """The grid's MLflow parent run, from start to end (FAILED if the grid fails, KILLED on
     Ctrl-C); no child run of it is left RUNNING when it ends."""
-    workdir = Path(params.workdir).resolve()
-    out_dir = Path(params.out_dir or workdir.parent / "report" / params.experiment).resolve()
     with tracking.owned_run(
         params.experiment,
         name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -155,7 +174,7 @@ def grid_run(params: GridParams, cfg: ExperimentConfig) -> Iterator[GridRun]:
         tags={tracking.TAG_FLOW_RUN: str(runtime.flow_run.id)},
     ) as parent:
         try:
-            yield GridRun(params.experiment, parent, str(workdir), str(out_dir), params.force)
+            yield GridRun(params.experiment, parent, params.force)
         finally:
             tracking.kill_unfinished(params.experiment, parent, reason="the grid ended first")
 
@@ -186,29 +205,6 @@ def publish(models: list[TrainedModel], files: dict[str, str], grid: GridRun) ->
         link_text="MLflow parent run",
         key="skinadv-grid-mlflow",
     )
-
-
-def cell_resources() -> dict[str, float]:
-    """Per-task Ray resources: 1 CPU (torch threads match), plus a GPU share when the Ray
-    cluster has GPUs (a CPU head with GPU workers counts) or CUDA is visible here.
-
-    ``SKINADV_GPU_PER_CELL`` sets the share (default 0.25: four cells per GPU).
-    """
-    gpus = 0.0
-    try:
-        import ray
-
-        if ray.is_initialized():
-            gpus = float(ray.cluster_resources().get("GPU", 0.0))
-    except Exception:  # no Ray here: fall back to this process's view
-        gpus = 0.0
-    if not gpus:
-        import torch
-
-        gpus = float(torch.cuda.device_count())
-    if gpus:
-        return {"num_cpus": 1, "num_gpus": float(os.environ.get("SKINADV_GPU_PER_CELL", "0.25"))}
-    return {"num_cpus": 1}
 
 
 def _parent_params(cfg: ExperimentConfig, params: GridParams) -> dict[str, Any]:

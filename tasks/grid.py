@@ -3,9 +3,12 @@
 Each model task owns its MLflow run from start to end (``tracking.owned_run``): it trains,
 scores both protocols, logs, and ends the run. Reuse happens here, not in the flow: a task
 that finds a complete run with its config hash returns that run's result in a ``Reused``
-state and trains nothing. Every task returns a small frozen dataclass (``tasks.refs``),
-never tensors; a model task's final state message carries its key figure, which the CLI's
-progress table and the Prefect UI show.
+state and trains nothing. Every task returns a frozen dataclass (``tasks.refs``), never a
+path: the data split and the pools travel inside them (Ray's object store), weights and
+transfer sets through the MLflow run that logged them, and a task's own files stay in its
+node's folder (``tasks.store``), so no node needs a disk shared with another. A model
+task's final state message carries its key figure, which the CLI's progress table and the
+Prefect UI show.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from skinadv import experiment as exp
@@ -27,29 +31,22 @@ from skinadv.data.io import atomic_write_npz
 from skinadv.evaluation.checks import Check, sanity_checks
 from skinadv.models import load_model, save_model
 from skinadv.results import ModelResult, cell_name
-from skinadv.training import AdvPool, adversarial_pool, augment
+from skinadv.training import adversarial_pool, augment
 from skinadv.training import prepare_data as prepare_split
+from tasks import resources, store
 from tasks.refs import DataRef, GridRun, Pool, TrainedModel
 
 
-def _use_assigned_threads() -> int:
-    """torch threads = the CPUs Ray gave this task, so parallel cells don't oversubscribe."""
-    n = 0
-    try:
-        import ray
-
-        if ray.is_initialized():
-            n = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 0))
-    except Exception:  # not inside a Ray worker
-        n = 0
+def _use_assigned_resources() -> dict[str, float]:
+    """Use what Ray gave this task: torch threads = its CPUs, so parallel cells don't
+    oversubscribe, and a GPU share (``resources.use_assigned_gpu``: CUDA, or the CPU with a
+    warning where this node has no real CUDA). Returns the assigned resources."""
+    assigned = resources.assigned()
+    n = int(assigned.get("CPU", 0))
     n = n or int(os.environ.get("SKINADV_TORCH_THREADS", "0")) or (os.cpu_count() or 1)
     exp.set_threads(n)
-    return n
-
-
-def _load_sets(path: str) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    resources.use_assigned_gpu(assigned)
+    return assigned
 
 
 def _key_figure(r: ModelResult) -> str:
@@ -68,36 +65,16 @@ def _reusable(grid: GridRun, config_hash: str):
     return None if grid.force else tracking.find_complete(grid.experiment, config_hash)
 
 
-def _reused(grid: GridRun, run, config_hash: str, transfer: Path | None = None) -> State:
+def _reused(grid: GridRun, run, config_hash: str) -> State:
     # an attempt of an earlier grid that died (Ctrl-C, a killed worker) may be RUNNING still
     tracking.kill_stale(grid.experiment, config_hash, reason="attempt died; a complete run exists")
     result, _ = tracking.load_result(run.info.run_id)
-    weights = str(grid.weights(result.cell, config_hash))
-    model = TrainedModel(result, config_hash, weights, transfer and str(transfer), True)
+    model = TrainedModel(result, config_hash, reused=True)
     return Completed(
         data=model,
         name="Reused",
         message=f"{_key_figure(result)} (MLflow run {run.info.run_id[:8]})",
     )
-
-
-def _transfer_sets(vanilla: TrainedModel) -> str:
-    """The vanilla model's transfer sets, downloaded from its run when they are not in this
-    work folder (a reused model, or another node)."""
-    assert vanilla.transfer is not None
-    p = Path(vanilla.transfer)
-    if not p.is_file():
-        got = tracking.download_artifact(vanilla.run_id, tracking.TRANSFER_DIR, p.parent / ".dl")
-        os.replace(next(got.glob("*.npz")), p)
-    return str(p)
-
-
-def _weights(model: TrainedModel) -> str:
-    if not Path(model.weights).is_file():
-        got = tracking.download_weights(model.run_id, Path(model.weights).parent / model.run_id)
-        os.replace(got, model.weights)
-        os.replace(str(got) + ".json", model.weights + ".json")
-    return model.weights
 
 
 def _params(cfg: ExperimentConfig, data: DataRef, seed: int, h: str) -> dict[str, Any]:
@@ -133,20 +110,20 @@ def _train_and_score(
     seed: int,
     config_hash: str,
     params: dict[str, Any],
-    transfer: str | None,
+    vanilla: TrainedModel | None,
     defence: DefenceConfig | None = None,
 ) -> TrainedModel:
     """Train, score both protocols and log, inside one MLflow run this function owns.
 
-    The vanilla model (``method`` None) also crafts the transfer sets (from itself, so
-    ``transfer`` is where to write them) and the sanity sweeps. A ``defence`` trains on the
-    fly (its ``method`` is the defence's)."""
+    The vanilla model (``method`` None, no ``vanilla``) also crafts the transfer sets from
+    itself and the sanity sweeps; other models are scored on ``vanilla``'s transfer sets. A
+    ``defence`` trains on the fly (its ``method`` is the defence's). The weights and transfer
+    sets are written to this node's folder under the run's id, then logged to the run."""
     cell = defence.name if defence is not None else cell_name(method, fraction)
     kind = "vanilla" if method is None else "defence" if defence is not None else "cell"
     stale = tracking.kill_stale(grid.experiment, config_hash, reason="attempt died; retried")
     if stale:
         get_run_logger().warning("%s: marked %d dead attempt(s) KILLED", cell, len(stale))
-    weights = grid.weights(cell, config_hash)
     test = data.load("test")
     val = data.load("val") if data.val else None
     with tracking.owned_run(
@@ -168,19 +145,23 @@ def _train_and_score(
             tracking.log_metrics(run_id, metrics, step=s.epoch)
 
         trained = exp.train_model(cfg, train, seed=seed, on_epoch=on_epoch, defence=defence)
+        weights = store.run_dir(run_id, tracking.WEIGHTS_DIR) / f"{cell}-{config_hash}.pt"
         save_model(trained.model, weights, {"seed": seed, "config_hash": config_hash, "cell": cell})
         payload: dict[str, Any] = {}
-        if method is None:
+        if vanilla is None:
             tracking.set_stage(run_id, "crafting transfer sets")
             sets = exp.transfer_sets(cfg, trained.model, test, seed=seed, progress=False, val=val)
+            transfer = store.run_dir(run_id, tracking.TRANSFER_DIR) / f"transfer-{config_hash}.npz"
             atomic_write_npz(transfer, compress=False, **sets)
             payload["sweeps"] = exp.sanity_sweeps(cfg, trained.model, test, seed=seed)
+        else:
+            sets = store.transfer_sets(vanilla.run_id)
         tracking.set_stage(run_id, "scoring")
         result = exp.evaluate_both(
             cfg,
             trained.model,
             test,
-            _load_sets(transfer),
+            sets,
             method=method,
             fraction=fraction,
             seed=seed,
@@ -197,45 +178,48 @@ def _train_and_score(
         tracking.log_figure(run_id, exp.confusion_figure(result), "confusion_matrix.png")
         files = [weights, Path(str(weights) + ".json")]
         tracking.log_artifact_files(run_id, files, tracking.WEIGHTS_DIR)
-        if method is None:
+        if vanilla is None:
             tracking.log_artifact_files(run_id, [transfer], tracking.TRANSFER_DIR)
-    return TrainedModel(result, config_hash, str(weights), transfer if method is None else None)
+    return TrainedModel(result, config_hash)
 
 
-@task(name="prepare-data", task_run_name="prepare data", retries=1, retry_delay_seconds=5)
+# The tasks' inputs hold whole data splits and pools: no Prefect cache key is computed from
+# them (reuse is MLflow's, by config hash), so none is hashed.
+@task(
+    name="prepare-data",
+    task_run_name="prepare data",
+    retries=1,
+    retry_delay_seconds=5,
+    cache_policy=NO_CACHE,
+)
 def prepare_data(cfg: ExperimentConfig, grid: GridRun) -> DataRef:
-    """Load, subset, split and oversample the data; write both sides as canonical npz."""
+    """Load, subset, split and oversample the data; the split travels in the returned ref."""
     prep = prepare_split(cfg.data)
-    folder = grid.path("data", f"{prep.fingerprint}-{exp.config_hash(cfg.data)}", "x").parent
-    sides = {"train": prep.train, "test": prep.test, "val": prep.val}
-    paths = {k: folder / f"{k}.npz" for k, ds in sides.items() if ds is not None}
-    for k, p in paths.items():
-        if not p.is_file():
-            sides[k].save_npz(p)
     get_run_logger().info("data %s (%s): %s", cfg.data.spec, prep.test.kind, prep.summary())
     return DataRef(
-        train=str(paths["train"]),
-        test=str(paths["test"]),
+        train=prep.train,
+        test=prep.test,
         fingerprint=prep.fingerprint,
         kind=prep.test.kind,
         source=cfg.data.spec,
-        n_train=len(prep.train),
-        n_test=len(prep.test),
-        val=str(paths["val"]) if "val" in paths else None,
-        n_val=0 if prep.val is None else len(prep.val),
-        size=cfg.data.size,
+        val=prep.val,
     )
 
 
-@task(name="train-vanilla", task_run_name="vanilla s{seed}", retries=2, retry_delay_seconds=5)
+@task(
+    name="train-vanilla",
+    task_run_name="vanilla s{seed}",
+    retries=2,
+    retry_delay_seconds=5,
+    cache_policy=NO_CACHE,
+)
 def train_vanilla(cfg: ExperimentConfig, data: DataRef, *, seed: int, grid: GridRun) -> State:
     """Train the vanilla model, craft the transfer sets from it, score it, end its run."""
-    _use_assigned_threads()
+    _use_assigned_resources()
     h = exp.vanilla_hash(cfg, data.fingerprint, seed)
-    transfer = grid.path("adv", f"transfer-{h}.npz")
     run = _reusable(grid, h)
     if run is not None:
-        return _reused(grid, run, h, transfer)
+        return _reused(grid, run, h)
     params = {**_params(cfg, data, seed, h), "method": "none", "fraction": 0.0}
     model = _train_and_score(
         cfg,
@@ -247,7 +231,7 @@ def train_vanilla(cfg: ExperimentConfig, data: DataRef, *, seed: int, grid: Grid
         seed=seed,
         config_hash=h,
         params=params,
-        transfer=str(transfer),
+        vanilla=None,
     )
     return Completed(data=model, message=_key_figure(model.result))
 
@@ -257,7 +241,13 @@ def _cell_hash(cfg: ExperimentConfig, vanilla: TrainedModel, method: str, fracti
     return exp.cell_hash(vanilla.config_hash, cfg, method, fraction, seed, max(cfg.fractions))
 
 
-@task(name="craft-pool", task_run_name="pool {method} s{seed}", retries=1, retry_delay_seconds=5)
+@task(
+    name="craft-pool",
+    task_run_name="pool {method} s{seed}",
+    retries=1,
+    retry_delay_seconds=5,
+    cache_policy=NO_CACHE,
+)
 def craft_pool(
     cfg: ExperimentConfig,
     data: DataRef,
@@ -269,28 +259,25 @@ def craft_pool(
 ) -> State:
     """One method's adversarial pool against the vanilla model, for the largest fraction;
     skipped when every cell of the method will be reused."""
-    _use_assigned_threads()
+    _use_assigned_resources()
     todo = [
         f for f in cfg.fractions if _reusable(grid, _cell_hash(cfg, vanilla, method, f)) is None
     ]
     if not todo:
         return Completed(data=Pool(method, seed, None), name="Skipped", message="all cells reused")
-    fraction = max(cfg.fractions)
-    path = grid.path("adv", f"pool-{method}-{fraction}-{vanilla.config_hash}.npz")
-    if not path.is_file():
-        model, _ = load_model(_weights(vanilla))
-        x, y = data.load("train").to_float()
-        adversarial_pool(
-            model,
-            x,
-            y,
-            method=method,
-            fraction=fraction,
-            attack_cfg=cfg.attack,
-            seed=seed,
-            progress=False,
-        ).save(path)
-    return Completed(data=Pool(method, seed, str(path)), message=f"{len(todo)} cell(s) need it")
+    model, _ = load_model(store.weights(vanilla.run_id))
+    x, y = data.load("train").to_float()
+    pool = adversarial_pool(
+        model,
+        x,
+        y,
+        method=method,
+        fraction=max(cfg.fractions),
+        attack_cfg=cfg.attack,
+        seed=seed,
+        progress=False,
+    )
+    return Completed(data=Pool(method, seed, pool), message=f"{len(todo)} cell(s) need it")
 
 
 def _cell_run_name() -> str:
@@ -305,7 +292,13 @@ def model_label(method: str | None, fraction: float | None, seed: int) -> str:
     return f"{cell_name(method, fraction)} s{seed}"
 
 
-@task(name="train-cell", task_run_name=_cell_run_name, retries=2, retry_delay_seconds=5)
+@task(
+    name="train-cell",
+    task_run_name=_cell_run_name,
+    retries=2,
+    retry_delay_seconds=5,
+    cache_policy=NO_CACHE,
+)
 def train_cell(
     cfg: ExperimentConfig,
     data: DataRef,
@@ -319,15 +312,15 @@ def train_cell(
 ) -> State:
     """Train a fresh model on the training set + round(fraction * n) adversarial examples,
     score it under both protocols and end its run."""
-    _use_assigned_threads()
+    _use_assigned_resources()
     h = _cell_hash(cfg, vanilla, method, fraction)
     run = _reusable(grid, h)
     if run is not None:
         return _reused(grid, run, h)
-    if pool.path is None:
+    if pool.pool is None:
         raise RuntimeError(f"the {method} pool was skipped but {method}@{fraction:g} needs it")
     x, y = data.load("train").to_float()
-    adv = AdvPool.load(pool.path)
+    adv = pool.pool
     xa, ya = augment(x, y, adv, fraction)
     params = {
         **_params(cfg, data, seed, h),
@@ -337,7 +330,6 @@ def train_cell(
         "vanilla_run_id": vanilla.run_id,
         "pool_fraction": adv.fraction,
     }
-    transfer = _transfer_sets(vanilla)
     model = _train_and_score(
         cfg,
         data,
@@ -348,7 +340,7 @@ def train_cell(
         seed=seed,
         config_hash=h,
         params=params,
-        transfer=transfer,
+        vanilla=vanilla,
     )
     return Completed(data=model, message=_key_figure(model.result))
 
@@ -361,7 +353,13 @@ def _defence_run_name() -> str:
     return f"{p['defence'].name} s{p['seed']}"
 
 
-@task(name="train-defence", task_run_name=_defence_run_name, retries=2, retry_delay_seconds=5)
+@task(
+    name="train-defence",
+    task_run_name=_defence_run_name,
+    retries=2,
+    retry_delay_seconds=5,
+    cache_policy=NO_CACHE,
+)
 def train_defence(
     cfg: ExperimentConfig,
     data: DataRef,
@@ -373,7 +371,7 @@ def train_defence(
 ) -> State:
     """Train a fresh model adversarially on the fly (PGD-AT, TRADES, Fast-AT), score it
     under both protocols and end its run."""
-    _use_assigned_threads()
+    _use_assigned_resources()
     h = exp.defence_hash(vanilla.config_hash, defence)
     run = _reusable(grid, h)
     if run is not None:
@@ -396,7 +394,7 @@ def train_defence(
         seed=seed,
         config_hash=h,
         params=params,
-        transfer=_transfer_sets(vanilla),
+        vanilla=vanilla,
         defence=defence,
     )
     return Completed(data=model, message=_key_figure(model.result))
@@ -428,7 +426,7 @@ def register_champions(experiment: str, results: list[ModelResult]) -> list[dict
     return rows
 
 
-@task(name="gather", task_run_name="gather report")
+@task(name="gather", task_run_name="gather report", cache_policy=NO_CACHE)
 def gather(
     cfg: ExperimentConfig,
     data: DataRef,
@@ -436,9 +434,10 @@ def gather(
     *,
     grid: GridRun,
     context: dict[str, Any],
-) -> tuple[list[Check], dict[str, str]]:
-    """Tables, figures and sanity checks from every model; written to the grid's report
-    folder and logged on the parent run. Returns the checks and the files written."""
+) -> tuple[list[Check], dict[str, bytes]]:
+    """Tables, figures and sanity checks from every model, logged on the parent run.
+    Returns the checks and the report's files (``{name: content}``; the driver writes
+    them where it wants: this task's node need not see the driver's folders)."""
     from skinadv.report import build_report, save_report
 
     results = [m.result for m in models]
@@ -446,9 +445,9 @@ def gather(
     sweeps, examples = None, []
     if vanilla is not None:
         _, sweeps = tracking.load_result(vanilla.run_id)
-        transfer = _transfer_sets(vanilla)
-        model, _ = load_model(_weights(vanilla))
-        examples = exp.pick_examples(model, data.load("test"), _load_sets(transfer))
+        model, _ = load_model(store.weights(vanilla.run_id))
+        sets = store.transfer_sets(vanilla.run_id)
+        examples = exp.pick_examples(model, data.load("test"), sets)
     checks = sanity_checks(results, sweeps)
     report = build_report(
         results,
@@ -459,8 +458,10 @@ def gather(
         examples=examples,
         sweeps=sweeps,
     )
-    written = save_report(report, grid.out_dir)
-    tracking.log_artifact_files(grid.parent_run_id, list(written.values()), "report")
+    with tempfile.TemporaryDirectory(prefix="report-", dir=store.node_dir()) as tmp:
+        written = save_report(report, tmp)
+        tracking.log_artifact_files(grid.parent_run_id, list(written.values()), "report")
+        files = {name: path.read_bytes() for name, path in written.items()}
     cells = {r.key: r.run_id for r in results}
     tracking.set_tags(grid.parent_run_id, {tracking.TAG_CELLS: json.dumps(cells)})
-    return checks, {k: str(v) for k, v in written.items()}
+    return checks, files

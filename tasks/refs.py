@@ -1,66 +1,62 @@
-"""What the grid's tasks hand each other: small frozen dataclasses (ids, paths, results).
+"""What the grid's tasks hand each other: small frozen dataclasses, and the arrays no
+other store holds.
 
-Big arrays (data splits, transfer sets, pools, weights) stay in files under the grid's
-work folder; a ref names the file and, where one exists, the MLflow run that holds a copy,
-so a task that finds the file missing downloads it instead of failing.
+Nothing here is a path: a task's files stay in its node's folder (``tasks.store``). The
+data splits and adversarial pools travel inside these refs (through Ray's object store
+under the Ray runner); model weights and transfer sets are named by their MLflow run and
+fetched from its artifacts (``tasks.store.weights``, ``tasks.store.transfer_sets``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from skinadv.data import Dataset, load_dataset
+from skinadv.data import Dataset
 from skinadv.results import ModelResult
+from skinadv.training import AdvPool
 
 
 @dataclass(frozen=True)
 class GridRun:
-    """One grid invocation: where it logs and keeps its files.
+    """One grid invocation: where it logs.
 
     Args:
         experiment: the MLflow experiment.
         parent_run_id: the grid's MLflow parent run (children are nested under it).
-        workdir: folder for data splits, transfer sets, pools and weights.
-        out_dir: folder for the report.
         force: retrain even when a complete run with the same config hash exists.
     """
 
     experiment: str
     parent_run_id: str
-    workdir: str
-    out_dir: str
     force: bool = False
 
-    def path(self, *parts: str) -> Path:
-        p = Path(self.workdir).joinpath(*parts)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
 
-    def weights(self, cell: str, config_hash: str) -> Path:
-        """Where a model's state dict lives in the work folder (trained here or fetched)."""
-        return self.path("models", f"{cell}-{config_hash}.pt")
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DataRef:
-    """The prepared split: canonical npz files + what identifies it."""
+    """The prepared split, its arrays included, and what identifies it."""
 
-    train: str
-    test: str
+    train: Dataset
+    test: Dataset
     fingerprint: str
     kind: str
     source: str
-    n_train: int
-    n_test: int
-    val: str | None = None  # the validation split (held out from the training side)
-    n_val: int = 0
-    size: int = 28  # the image side the files were written at (``data.size``)
+    val: Dataset | None = None  # the validation split (held out from the training side)
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train)
+
+    @property
+    def n_test(self) -> int:
+        return len(self.test)
+
+    @property
+    def n_val(self) -> int:
+        return 0 if self.val is None else len(self.val)
 
     def load(self, side: str) -> Dataset:
-        """One side of the split (``train``, ``val``, ``test``) as written: at its own size,
-        never resized to the loader's default."""
-        return load_dataset(getattr(self, side), size=self.size)
+        """One side of the split (``train``, ``val``, ``test``), at the size it was prepared."""
+        return getattr(self, side)
 
     def summary(self) -> dict[str, int | str]:
         return {
@@ -73,20 +69,17 @@ class DataRef:
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """A trained (or reused) model: its scores, its MLflow run and where its weights are.
+    """A trained (or reused) model: its scores and its MLflow run, which holds its weights
+    (and, for the vanilla model, its transfer sets).
 
     Args:
         result: its scores under both protocols (``result.run_id`` is its MLflow run).
         config_hash: keys reuse (``skinadv.experiment.vanilla_hash`` / ``cell_hash``).
-        weights: the state dict file in the work folder (downloaded from the run if absent).
-        transfer: for the vanilla model, its transfer test sets (npz) in the work folder.
         reused: found complete in MLflow rather than trained by this grid.
     """
 
     result: ModelResult
     config_hash: str
-    weights: str
-    transfer: str | None = None
     reused: bool = False
 
     @property
@@ -100,10 +93,10 @@ class TrainedModel:
         return f"{self.result.cell} s{self.result.seed}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Pool:
-    """One method's adversarial pool file (None path: every cell of it was reused)."""
+    """One method's adversarial pool (None: every cell of the method was reused)."""
 
     method: str
     seed: int
-    path: str | None
+    pool: AdvPool | None

@@ -31,6 +31,7 @@ def harness(tmp_path_factory):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mp.setenv("SKINADV_TORCH_THREADS", "1")  # MLflow reads the URI from the environment
+    mp.setenv("SKINADV_NODE_DIR", str(root / "node"))  # the tasks' files (tasks.store)
     with prefect_test_harness(server_startup_timeout=180):
         yield root
     mp.undo()
@@ -291,18 +292,16 @@ def test_three_seeds_give_three_runs_per_cell_and_the_table_aggregates_them(harn
 
 
 def test_a_grid_at_another_image_size_keeps_that_size(harness):
-    """``data.size=16``: the tasks read the split files at 16 x 16 (the size they were
-    written at), not resized to the loader's default 28: the transfer sets and the pool are
-    16 x 16 too."""
-    import numpy as np
+    """``data.size=16``: the split reaches the tasks at 16 x 16 (the size it was prepared
+    at), not resized to the loader's default 28: the transfer sets are 16 x 16 too, and the
+    fgsm cell trains on its 16 x 16 pool stacked onto the training set (mixed sizes would
+    fail it)."""
+    from tasks import store
 
     overrides = TINY + ["data.size=16"]
     out = run(harness, "f-size", methods=["fgsm"], fractions=[1.0], overrides=overrides)
-    work = harness / "f-size" / "work"
-    arrays = [p for p in work.rglob("*.npz") if p.name.startswith(("transfer-", "pool-"))]
-    assert {p.name.split("-")[0] for p in arrays} == {"transfer", "pool"}
-    for p in arrays:
-        with np.load(p) as z:
-            shapes = {z[k].shape[-2:] for k in z.files if z[k].ndim == 4}
-        assert shapes == {(16, 16)}, (p.name, shapes)
+    vanilla = next(r for r in out.results if r.is_vanilla)
+    sets = store.transfer_sets(vanilla.run_id)
+    shapes = {k: v.shape[-2:] for k, v in sets.items() if v.ndim == 4}
+    assert shapes and set(shapes.values()) == {(16, 16)}, shapes
     assert sorted(out.trained) == ["fgsm@1 s0", "vanilla s0"]
