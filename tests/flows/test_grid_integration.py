@@ -55,9 +55,9 @@ def grid_env(stack, real_npz, tmp_path_factory):
     return env, tmp_path_factory.mktemp("grid")
 
 
-def run_grid(env, run_dir: Path, data: Path) -> dict:
+def run_grid(env, run_dir: Path, data: Path, experiment: str = EXPERIMENT) -> dict:
     proc = subprocess.run(
-        grid_command(run_dir, data, EXPERIMENT),
+        grid_command(run_dir, data, experiment),
         env=env,
         capture_output=True,
         text=True,
@@ -99,25 +99,37 @@ def first(grid_env, real_npz):
     return run_grid(env, run_dir, real_npz)
 
 
-def child_runs(parent_id: str):
+def child_runs(parent_id: str, experiment: str = EXPERIMENT):
     import mlflow
 
     c = mlflow.MlflowClient()
-    exp = c.get_experiment_by_name(EXPERIMENT)
+    exp = c.get_experiment_by_name(experiment)
     return c.search_runs(
         [exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"
     )
 
 
 def test_first_run_trains_13_finished_child_runs(stack, first):
-    assert first["failed"] == []
-    assert len(first["trained"]) == 13 and first["reused"] == []
-    runs = child_runs(first["parent_run_id"])
+    runs = assert_13_finished_child_runs(first, EXPERIMENT)
+    assert_metrics_and_pool_sizes(runs)
+
+
+def assert_13_finished_child_runs(out: dict, experiment: str) -> list:
+    """The grid's JSON says 13 trained, and its parent run has 13 FINISHED children: the
+    vanilla model and the 3 methods x 4 fractions."""
+    assert out["failed"] == []
+    assert len(out["trained"]) == 13 and out["reused"] == []
+    runs = child_runs(out["parent_run_id"], experiment)
     assert len(runs) == 13
     names = sorted(r.data.tags["skinadv.cell"] for r in runs)
     assert names == sorted(
         ["vanilla"] + [f"{m}@{f:g}" for m in ("fgsm", "pgd", "mix") for f in (0.2, 0.4, 0.6, 0.8)]
     )
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    return runs
+
+
+def assert_metrics_and_pool_sizes(runs: list) -> None:
     for r in runs:
         assert r.info.status == "FINISHED" and r.data.tags["skinadv.complete"] == "true"
         missing = [k for k in METRIC_KEYS if k not in r.data.metrics]
@@ -135,19 +147,19 @@ def test_first_run_trains_13_finished_child_runs(stack, first):
             )
 
 
-def test_models_load_back_without_pickle(stack, first, grid_env, tmp_path):
+def test_models_load_back_without_pickle(stack, first, real_npz, tmp_path):
     """Each run holds a plain state dict + JSON config (no pickled model): loaded with
     weights_only=True, it scores exactly the clean accuracy the run logged."""
     import mlflow
 
     from skinadv import tracking
-    from skinadv.data import load_dataset
+    from skinadv.config import grid_config
     from skinadv.evaluation import score
     from skinadv.models import load_model
+    from skinadv.training import prepare_data
 
-    _, run_dir = grid_env
-    (test_npz,) = (run_dir / "work" / "data").glob("*/test.npz")
-    x, y = load_dataset(test_npz).to_float()
+    cfg = grid_config("quick", data=str(real_npz), overrides=TINY[1::2])  # the --set values
+    x, y = prepare_data(cfg.data).test.to_float()  # the split the grid scored on
     for r in child_runs(first["parent_run_id"]):
         arts = [a.path for a in mlflow.MlflowClient().list_artifacts(r.info.run_id)]
         assert "model" not in arts and "weights" in arts
@@ -346,4 +358,72 @@ def test_a_worker_killed_mid_cell_leaves_one_finished_run_per_model(stack, grid_
         for r in runs
         if r.data.tags.get("skinadv.complete") == "true"
         and r.data.tags.get("skinadv.kind") != "parent"
+    }
+
+
+NODEGUARD = Path(__file__).parent / "nodeguard"  # sitecustomize.py: the forbidden-path guard
+
+
+@pytest.fixture
+def two_nodes(stack, grid_env, ray_tmp, tmp_path):
+    """A two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``, token auth as
+    ``skinadv up`` starts it), 1 CPU per node. Each node's tasks get a private folder
+    (``SKINADV_NODE_DIR``) and, through ``nodeguard``, fail on touching the other node's
+    folder, the driver's run folder or the servers' storage. Yields (address, folders)."""
+    from ray.cluster_utils import Cluster
+
+    _, driver_dir = grid_env
+    folders = [tmp_path / "node-a", tmp_path / "node-b"]
+
+    def node_env(mine: Path) -> dict[str, str]:
+        others = [f for f in folders if f != mine] + [driver_dir, stack.run_dir]
+        return {
+            "SKINADV_NODE_DIR": str(mine),
+            "SKINADV_TEST_FORBIDDEN": os.pathsep.join(map(str, others)),
+            "PYTHONPATH": str(NODEGUARD),
+        }
+
+    common = {"num_cpus": 1, "object_store_memory": 200 * 2**20}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            **common,
+            "temp_dir": str(ray_tmp),
+            "include_dashboard": False,
+            "env_vars": node_env(folders[0]),
+        },
+    )
+    try:
+        cluster.add_node(**common, env_vars=node_env(folders[1]))
+        yield cluster.address, folders
+    finally:
+        cluster.shutdown()
+
+
+def test_the_grid_needs_no_shared_disk_two_nodes_private_folders(
+    stack, grid_env, two_nodes, real_npz
+):
+    """Issue 11: the 13-model grid on two Ray nodes whose tasks each see only their own
+    folder: it completes with 13 FINISHED runs, both nodes trained models, each model's
+    weights were written on exactly one node, no task touched a forbidden folder, and the
+    driver's work folder was never made."""
+    env, driver_dir = grid_env
+    address, folders = two_nodes
+    ray_vars = ("RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")  # set by ray_tmp
+    env = {**env, **{k: os.environ[k] for k in ray_vars}, "RAY_ADDRESS": address}
+    run_dir = driver_dir / "two-nodes"
+    out = run_grid(env, run_dir, real_npz, experiment="it-two-nodes")
+    runs = assert_13_finished_child_runs(out, "it-two-nodes")
+    for f in folders:
+        log = f / "forbidden.log"
+        assert not log.exists(), log.read_text()
+    assert not (run_dir / "work").exists()  # nothing went through the driver's work folder
+    # a model's weights are written where it trained; only the vanilla's are fetched elsewhere
+    cells = {r.info.run_id: r.data.tags["skinadv.cell"] for r in runs}
+    trained = [
+        {cells[p.parts[-3]] for p in f.glob("runs/*/weights/*.pt")} - {"vanilla"} for f in folders
+    ]
+    assert all(trained), f"a node trained no cell: {trained}"
+    assert not trained[0] & trained[1] and trained[0] | trained[1] == set(cells.values()) - {
+        "vanilla"
     }
