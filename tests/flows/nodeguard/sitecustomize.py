@@ -26,8 +26,9 @@ def _guard(event: str, args: tuple) -> None:
             continue
         path = os.path.join(os.path.realpath(os.fsdecode(arg)), "")
         if path.startswith(_FORBIDDEN):
-            log = os.path.join(os.environ.get("SKINADV_NODE_DIR", "."), "forbidden.log")
-            with open(log, "a") as fh:
+            mine = os.environ.get("SKINADV_NODE_DIR", ".")
+            os.makedirs(mine, exist_ok=True)
+            with open(os.path.join(mine, "forbidden.log"), "a") as fh:
                 fh.write(f"{os.getpid()} {event} {path}\n")
             raise PermissionError(f"{event} {path}: another node's or the driver's folder")
 
