@@ -4,9 +4,9 @@
 ARG RAY_VERSION=2.60.0
 FROM rayproject/ray:${RAY_VERSION}-py311-gpu
 
-# the shared work folder: a named volume mounted here takes this owner on first use
+# the driver's run folders: a named volume mounted here takes this owner on first use
 USER root
-RUN mkdir -p /shared /home/ray/skinadv && chown ray:users /shared /home/ray/skinadv
+RUN mkdir -p /runs /home/ray/skinadv && chown ray:users /runs /home/ray/skinadv
 USER ray
 
 COPY --chown=ray:users pyproject.toml README.md /home/ray/skinadv/

@@ -19,7 +19,7 @@ INFRA = REPO / "infra"
 # what skinadv reads to find its services (skinadv.stack) and passes on to Ray workers
 CODE_ENV = set(ENV_VARS.values()) | set(WORKER_ENV_VARS)
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", re.IGNORECASE)
-SHARED = "/shared"  # the shared work folder's mount path in every infra file
+SHARED = "/shared"  # where the shared work folder was mounted: no infra file needs one now
 
 
 def load(name: str):
@@ -93,7 +93,7 @@ def test_prefect_yaml_parameters_make_a_valid_grid(prefect_yaml):
             overrides=p["overrides"],
         )
         assert cfg.methods == p["methods"] and cfg.fractions == p["fractions"]
-        assert p["workdir"].startswith(SHARED + "/")
+        assert not p["workdir"].startswith(SHARED + "/")  # the flow run's own folder
 
 
 def test_prefect_yaml_schedule_is_a_valid_cron(prefect_yaml):
@@ -178,7 +178,11 @@ def test_compose_skinadv_services_point_at_the_compose_services(compose):
             host = re.match(r"https?://([^:/]+)", env[var]).group(1)
             assert host in services, (name, var, env[var])
         assert env["RAY_ADDRESS"].split(":")[0] in services
-        assert f"shared:{SHARED}" in services[name]["volumes"], name
+    # no volume shared by the Ray nodes: only the drivers keep their run folders
+    for name in ray_nodes:
+        mounts = [v.split(":", 1)[1] for v in services[name].get("volumes", [])]
+        assert mounts == ([] if name.startswith("ray-") else ["/runs"]), (name, mounts)
+    assert "shared" not in compose["volumes"]
 
 
 def test_compose_gpu_worker_reserves_nvidia_gpus(compose):
@@ -234,7 +238,7 @@ def test_ray_cluster_config_matches_rays_schema_with_gpu_workers():
         f"pip install --python ~/skinadv-venv/bin/python {src.replace('/home/ubuntu', '~')}"
         in setup
     )
-    assert f" {SHARED}" in setup  # the shared work folder is mounted on every node
+    assert SHARED not in setup and "mount" not in setup  # no shared file system
 
 
 # -- KubeRay ----------------------------------------------------------------------------
@@ -259,13 +263,8 @@ def test_kuberay_manifest_has_head_and_gpu_workers_with_service_env():
                 <= CODE_ENV | {"RAY_USAGE_STATS_ENABLED"}
             )
             assert not any(SECRET_NAME.search(e["name"]) for e in c["env"])  # Secret only
-            assert {"name": "shared", "mountPath": SHARED} in c["volumeMounts"]
-        claims = {
-            v["persistentVolumeClaim"]["claimName"]
-            for v in pod["volumes"]
-            if "persistentVolumeClaim" in v
-        }
-        assert claims == {"skinadv-shared"}
+            assert SHARED not in {m["mountPath"] for m in c.get("volumeMounts", [])}
+        assert not any("persistentVolumeClaim" in v for v in pod.get("volumes", []))
     head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in head["resources"]["limits"]
     gpu_groups = [
@@ -277,9 +276,7 @@ def test_kuberay_manifest_has_head_and_gpu_workers_with_service_env():
         >= 1
     ]
     assert gpu_groups and all(g["maxReplicas"] >= 1 for g in gpu_groups)
-    (pvc,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
-    assert pvc["metadata"]["name"] == "skinadv-shared"
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert [d["kind"] for d in docs] == ["RayCluster"]  # no shared volume claim
 
 
 def test_every_ray_in_infra_requires_a_token(compose, prefect_yaml):
