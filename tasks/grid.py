@@ -183,8 +183,8 @@ def _train_and_score(
     return TrainedModel(result, config_hash)
 
 
-# The tasks' inputs hold whole data splits and pools: no Prefect cache key is computed from
-# them (reuse is MLflow's, by config hash), so none is hashed.
+# NO_CACHE on every task: their inputs hold whole data splits and pools, which Prefect would
+# otherwise hash for a cache key it never uses (reuse is MLflow's, by config hash).
 @task(
     name="prepare-data",
     task_run_name="prepare data",
