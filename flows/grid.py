@@ -111,9 +111,9 @@ def grid_flow(params: GridParams = GridParams()) -> GridOutcome:  # noqa: B008
     out_dir = report_dir(params)
     with grid_run(params, cfg) as grid:  # the grid's MLflow parent run, owned here
         data = prepare_data.submit(cfg, grid)
-        prepared = data.result()  # every model needs it; its size sets the GPU share
         models: dict[str, PrefectFuture] = {}
-        with remote_options(**cell_resources(cfg, prepared.n_train)):
+        # on GPUs the share depends on the training set's size: wait for it only there
+        with remote_options(**cell_resources(cfg, lambda: data.result().n_train)):
             for seed in cfg.seeds:
                 vanilla = train_vanilla.submit(cfg, data, seed=seed, grid=grid)
                 pools = {
@@ -130,7 +130,7 @@ def grid_flow(params: GridParams = GridParams()) -> GridOutcome:  # noqa: B008
                         cfg, data, vanilla, defence=d, seed=seed, grid=grid
                     )
         done, failed = settle(models)
-        context = _context(cfg, params, prepared, grid)
+        context = _context(cfg, params, data.result(), grid)
         checks, report = gather.submit(cfg, data, done, grid=grid, context=context).result()
         files = write_report(report, out_dir)
         publish(done, files, grid)

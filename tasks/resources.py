@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from skinadv.config import ExperimentConfig
@@ -113,12 +114,13 @@ def gpu_plan(cfg: ExperimentConfig, n_train: int) -> GpuPlan:
     return GpuPlan(footprint.gpu_share(cells), cells, cell, device, source)
 
 
-def cell_resources(cfg: ExperimentConfig, n_train: int) -> dict[str, float]:
+def cell_resources(cfg: ExperimentConfig, n_train: Callable[[], int]) -> dict[str, float]:
     """Ray resources of one model task: 1 CPU (torch threads match), plus its GPU share
-    (``gpu_plan``) when the cluster has GPUs."""
+    (``gpu_plan``) when the cluster has GPUs; ``n_train`` (the training set's size, which
+    may mean waiting for the data) is called only then."""
     if not cluster_gpus():
         return {"num_cpus": 1}
-    plan = gpu_plan(cfg, n_train)
+    plan = gpu_plan(cfg, n_train())
     logger.info("GPU packing: %s", plan.describe())
     return {"num_cpus": 1, "num_gpus": plan.share}
 
