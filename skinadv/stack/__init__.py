@@ -8,6 +8,7 @@ and logs under a run folder::
     RUN/mlflow.db  RUN/mlartifacts/     MLflow (SQLite backend, proxied artifacts)
     RUN/prefect/prefect.db              Prefect (its own PREFECT_HOME)
     RUN/ray -> Ray's temp dir           Ray head (sockets, session logs)
+    RUN/node/                           the head's tasks' own files ($SKINADV_NODE_DIR)
     RUN/logs/{mlflow,prefect,ray}.log   what each process printed
 
 Storage of the started servers (SQLite files and a local artifact folder unless told

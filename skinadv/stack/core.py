@@ -345,6 +345,8 @@ class Stack:
 
     def _ray_command(self, svc: Service, env: Env) -> tuple[list[str], Env]:
         temp_dir, self._ray_tmp = ray_head.make_temp_dir(self.run_dir)
+        # the grid's tasks keep their files in their node's own folder (tasks/store.py)
+        env.setdefault("SKINADV_NODE_DIR", str(self.run_dir / "node"))
         cmd, env = ray_head.command(svc, env, temp_dir=temp_dir, num_cpus=self.ray_num_cpus)
         self._ray_auth = {k: env[k] for k in ray_head.AUTH_ENV_VARS}
         return cmd, env

@@ -112,6 +112,9 @@ def child_runs(parent_id: str, experiment: str = EXPERIMENT):
 def test_first_run_trains_13_finished_child_runs(stack, first):
     runs = assert_13_finished_child_runs(first, EXPERIMENT)
     assert_metrics_and_pool_sizes(runs)
+    # the head started here keeps its tasks' files in RUN/node, where each model was trained
+    kept = {p.parts[-3] for p in (stack.run_dir / "node").glob("runs/*/weights/*.pt")}
+    assert kept == {r.info.run_id for r in runs}
 
 
 def assert_13_finished_child_runs(out: dict, experiment: str) -> list:
