@@ -126,6 +126,7 @@ def _train_and_score(
         get_run_logger().warning("%s: marked %d dead attempt(s) KILLED", cell, len(stale))
     test = data.load("test")
     val = data.load("val") if data.val else None
+    resources.reset_gpu_peak()
     with tracking.owned_run(
         grid.experiment,
         name=f"{cell}-s{seed}",
@@ -172,6 +173,7 @@ def _train_and_score(
         tracking.set_stage(run_id, "logging")
         result = dataclasses.replace(result, cost=trained.cost.as_dict())
         tracking.log_metrics(run_id, result.flat_metrics())  # train_seconds, ... included
+        tracking.log_metrics(run_id, resources.gpu_peak())  # on a GPU: for SKINADV_CELL_GPU_MB
         if trained.guard_triggered:  # fast-at's catastrophic-overfitting guard
             tracking.set_tags(run_id, {"skinadv.guard": f"restored epoch {trained.kept_epoch}"})
         tracking.log_result(run_id, {**result.to_dict(), **payload})

@@ -7,7 +7,7 @@ lone cell's measured utilisation where known. Settings (environment of the drive
 
     SKINADV_GPU_PER_CELL    a fixed share (e.g. 0.25), overriding everything below
     SKINADV_CELL_GPU_MB     a measured per-cell peak (MiB, context included), instead of
-                            the estimate
+                            the estimate: each model run on a GPU logs ``gpu_peak_mib``
     SKINADV_CELL_GPU_UTIL   a lone cell's measured GPU utilisation (0-1]: no more cells than
                             it takes to keep the GPU busy
     SKINADV_GPU_MEMORY_GB   the workers' GPU memory (default: the driver's GPU 0 if it has
@@ -135,6 +135,26 @@ def assigned() -> dict[str, float]:
     except Exception:  # not inside a Ray worker
         pass
     return {}
+
+
+def reset_gpu_peak() -> None:
+    """Start measuring this task's GPU memory peak (``gpu_peak``); nothing without CUDA."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def gpu_peak() -> dict[str, float]:
+    """``{"gpu_peak_mib": ...}``: the memory this process's allocator held at most since
+    ``reset_gpu_peak``, plus the CUDA context estimate: the measured figure
+    ``SKINADV_CELL_GPU_MB`` wants. Empty without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    held = torch.cuda.max_memory_reserved() + footprint.CUDA_CONTEXT_BYTES
+    return {"gpu_peak_mib": held / 2**20}
 
 
 _warned_no_cuda = False
