@@ -26,7 +26,10 @@ app = typer.Typer(pretty_exceptions_enable=False)
 
 NPZ_NAME = "ham10000_28x28_rgb.npz"
 DEVICES = ("cpu", "cuda")
-INSTALL = "pip install '.[bench]' && pip install --no-deps torchattacks==3.5.1"
+INSTALL = (
+    "make setup, or pip install adversarial-robustness-toolbox==1.20.1 && "
+    "pip install --no-deps torchattacks==3.5.1"
+)
 
 
 def _output_path(path: Path | None, what: str) -> Path | None:
