@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -88,10 +89,11 @@ def full(data: str, device: str = "cpu") -> BenchSettings:
     )
 
 
-def run_bench(settings: BenchSettings) -> dict[str, Any]:
+def run_bench(settings: BenchSettings, report: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Run the benchmark; returns a JSON-ready dict (see ``skinadv.bench.markdown``).
 
-    Raises ValueError for a bad device or data spec (before any work).
+    ``report`` gets a line of progress after each step. Raises ValueError for a bad device
+    or data spec (before any work).
     """
     device = select_device(settings.device)
     t_start = time.perf_counter()
@@ -107,6 +109,7 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
     )
     model = fit("paper_cnn", train, cfg, model_kwargs={"width": settings.width}).model
     model.to(device).eval()
+    report(f"model trained ({time.perf_counter() - t_start:.0f} s)")
     x, y = (torch.from_numpy(a).to(device) for a in test.to_float())
     specs = attack_specs(settings.eps, settings.pgd_steps, settings.apgd_steps)
     attacks = attack_throughput(
@@ -119,6 +122,7 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
         repeats=settings.repeats,
         seed=settings.seed,
         bf16=device.type == "cuda",
+        report=report,
     )
     fx, fy = train.to_float()
     n_fit = min(settings.fit_images, len(fy))
@@ -134,6 +138,7 @@ def run_bench(settings: BenchSettings) -> dict[str, Any]:
         device=str(device),
         seed=settings.seed,
     )
+    report("training throughput measured")
     grid = preset_grid_cost(settings.grid_preset, settings.data)
     return {
         "skinadv_version": __version__,

@@ -112,7 +112,7 @@ def bench(
     settings = replace(settings, libraries=libs)
     console.print(f"benchmarking on {device} with {torch.get_num_threads()} threads, data {spec}")
     with user_errors():
-        result = run_bench(settings)
+        result = run_bench(settings, report=lambda line: console.print(line, highlight=False))
     report = to_markdown(result)
     with user_errors():
         if json_path is not None:
