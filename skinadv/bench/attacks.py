@@ -224,16 +224,19 @@ def attack_throughput(
     libraries: Sequence[str] = LIBRARIES,
     batch_sizes: Sequence[int] = (250, 500),
     repeats: int = 3,
+    budget_s: float | None = None,
     seed: int = 0,
     bf16: bool = False,
     report: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Images/s and robust accuracy of every attack in every library.
 
-    Each library first picks its batch size (the fastest of ``batch_sizes`` on a PGD-10
-    probe), then every attack runs ``repeats`` times, the libraries interleaved (machine
-    noise hits all alike); images/s is ``len(x)`` over the median time. Robust accuracy is
-    ``model``'s accuracy on the first run's output.
+    Each library first picks its batch size (the fastest of ``batch_sizes`` on a PGD-2
+    probe: the batch size sets the cost of every step alike), then every attack runs
+    ``repeats`` times, the libraries interleaved (machine noise hits all alike), a library
+    stopping early once its runs of that attack have taken ``budget_s`` (it always runs
+    once); images/s is ``len(x)`` over the median time. Robust accuracy is ``model``'s
+    accuracy on the first run's output.
 
     Args:
         model: in eval mode, on the device x and y are on.
@@ -255,17 +258,19 @@ def attack_throughput(
                 return run_skinadv(*args)
 
         runners["skinadv-bf16"] = run_bf16
-    probe = AttackSpec("PGD-10", "pgd", specs[0].eps, 2.5 * specs[0].eps / 10, 10)
+    probe = AttackSpec("PGD-2", "pgd", specs[0].eps, 2.5 * specs[0].eps / 2, 2)
     chosen, probes = {}, {}
     for lib, run in runners.items():
         chosen[lib], probes[lib] = best_batch_size(run, model, x, y, probe, batch_sizes, seed)
-        report(f"{lib}: batch size {chosen[lib]} ({probes[lib][chosen[lib]]:.0f} img/s on PGD-10)")
+        report(f"{lib}: batch size {chosen[lib]} ({probes[lib][chosen[lib]]:.0f} img/s on PGD-2)")
     out_attacks = []
     for spec in specs:
         times: dict[str, list[float]] = {lib: [] for lib in runners}
         robust: dict[str, float] = {}
         for _ in range(repeats):
             for lib, run in runners.items():
+                if times[lib] and budget_s is not None and sum(times[lib]) >= budget_s:
+                    continue
                 with _timed(times[lib]):
                     x_adv = run(model, x, y, spec, chosen[lib], seed)
                 if lib not in robust:

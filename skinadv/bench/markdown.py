@@ -42,7 +42,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"{s['train_images']} real images; {att['n_images']} real test images (clean accuracy "
         f"{100 * att['clean_accuracy']:.1f} %), L-inf eps {s['eps']:.4f}, PGD step "
         "2.5 eps / steps with a random start, APGD-CE 1 restart. Images/s over the median of "
-        f"{s['repeats']} runs, libraries interleaved; each at its fastest batch size "
+        f"up to {s['repeats']} runs (fewer once a library's runs of an attack took "
+        f"{_f(s['budget_s'], '{:.0f}')} s), libraries interleaved; each at its fastest batch size "
         "(" + ", ".join(f"{k} {v['chosen']}" for k, v in att["batch_sizes"].items()) + ").",
         "Robust % is the model's accuracy on each library's adversarial images; the gap is "
         "skinadv's minus the other's (negative: skinadv's attack is stronger).",
