@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-
-def _n_take(fraction: float, n: int) -> int:
-    return int(round(fraction * n))  # as skinadv.training.pools takes a fraction
+from skinadv.training.pools import _n_take  # the pools' own rounding of a fraction
 
 
 def pool_evals(method: str, n_rows: int, pgd_steps: int) -> int:
