@@ -67,7 +67,7 @@ def _data_spec(data: str | None) -> str:
 def bench(
     data: DataOpt = None,
     quick: Annotated[
-        bool, typer.Option("--quick", help="Quick-preset CNN, 500 images (~4 min on 2 cores).")
+        bool, typer.Option("--quick", help="Quick-preset CNN, 500 images (1-4 min on 2 cores).")
     ] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda (cuda:N).")] = "cpu",
     json_out: Annotated[
