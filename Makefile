@@ -15,12 +15,14 @@ export SKINADV_HAM10000
 setup: $(STAMP)
 
 # torch first, pinned: pip then takes the local CPU build instead of a multi-GB CUDA one.
-# torchattacks (the [crosscheck] extra) without its pins, which make pip backtrack for minutes.
+# torchattacks (the [crosscheck] and [bench] extras) without its pins, which make pip backtrack
+# for minutes; IBM ART (the rest of [bench], for `skinadv bench` and its tests) with its own.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q adversarial-robustness-toolbox==1.20.1
 	$(BIN)/python -m pip install -q --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from skinadv.commands import console, data, experiment, grid, serve, stack
+from skinadv.commands import bench, console, data, experiment, grid, serve, stack
 
 app = typer.Typer(
     help="Adversarial attacks and defences for skin-lesion classification (HAM10000).",
@@ -15,7 +15,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data.app, name="data")
-for _group in (experiment, grid, serve, stack):  # flat: ``skinadv train``, ``skinadv grid``
+for _group in (experiment, grid, serve, stack, bench):  # flat: ``skinadv train``, ``skinadv grid``
     app.add_typer(_group.app)
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
 
 #: The threat models the attacks support (the single definition; config re-exports it).
 NORMS: tuple[str, ...] = ("linf", "l2")
@@ -87,6 +90,48 @@ def _input_grad(
     return grad.detach(), loss.detach(), logits.detach()
 
 
+def attack_copy(model: nn.Module, *, channels_last: bool = True) -> nn.Module:
+    """A copy of an eval-mode ``model`` that is cheaper to attack, computing the same function.
+
+    BatchNorm is folded into the convolution before it (``torch.fx``'s ``fuse``: in eval
+    mode BN is an affine map of the conv's output), the parameters are frozen
+    (``requires_grad=False``: autograd records no weight paths) and, with ``channels_last``,
+    the weights are stored channels-last (oneDNN's and cuDNN's fast layout). Logits agree
+    with ``model``'s to float rounding (~1e-7). A model ``torch.fx`` cannot trace, or one
+    with a module in train mode, is returned as it is.
+
+    Measured on 2 CPU threads (quick-preset CNN, PGD-50, 500 real images): about 2x the
+    images/s of attacking the model itself. The copy shares nothing with ``model``, so a
+    caller that trains ``model`` must make a new copy after each update.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    if any(m.training for m in model.modules()):
+        return model
+    try:
+        fast = fuse(model)  # deep-copies
+    except Exception as exc:  # noqa: BLE001 - any untraceable model: attack it as it is
+        log.debug("attack_copy: %s not traceable (%s); attacking it as it is", type(model), exc)
+        return model
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    if channels_last:
+        fast = fast.to(memory_format=torch.channels_last)
+    return fast
+
+
+def _linf_bounds(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Per-pixel (lo, hi) of the L-inf ball of radius eps around x, within [0, 1]."""
+    return (x - eps).clamp_(0.0, 1.0), (x + eps).clamp_(0.0, 1.0)
+
+
+def _linf_step_(x_adv: Tensor, step: Tensor, alpha: float, lo: Tensor, hi: Tensor) -> Tensor:
+    """In place: ``x_adv + alpha * step`` projected onto the box [lo, hi] (``_linf_bounds``),
+    the same point as ``_linf_project`` up to float rounding, in three fused passes."""
+    x_adv.add_(step, alpha=alpha)
+    return torch.minimum(torch.maximum(x_adv, lo, out=x_adv), hi, out=x_adv)
+
+
 def _flat_norm(t: Tensor, p: float) -> Tensor:
     """Per-example p-norm of (N, ...) as an (N, 1, 1, 1) tensor."""
     return t.flatten(1).norm(p=p, dim=1).clamp_min(1e-12).view(-1, *([1] * (t.ndim - 1)))
@@ -109,4 +154,4 @@ def _l2_step(grad: Tensor) -> Tensor:
     return grad / _flat_norm(grad, 2)
 
 
-__all__ = ["NORMS", "AttackFn", "Progress", "check_eps"]
+__all__ = ["NORMS", "AttackFn", "Progress", "attack_copy", "check_eps"]

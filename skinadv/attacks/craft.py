@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from skinadv.attacks._common import AttackFn, Progress
+from skinadv.attacks._common import AttackFn, Progress, attack_copy
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,10 @@ def craft(
 
     The model is put in eval() for the attack (BatchNorm statistics frozen, dropout off)
     and every submodule's previous mode is restored afterwards; parameter gradients are
-    never touched.
+    never touched. The attack runs on ``attack_copy(model)`` (BatchNorm folded into the
+    convolutions, frozen weights, channels-last images), the same function to float
+    rounding, about twice as fast on a CPU. The results stay on the device until the last
+    batch is done, then come back in one copy.
 
     Args:
         model: returns logits.
@@ -148,21 +151,23 @@ def craft(
     if "generator" in params and "generator" not in kwargs and seed is not None:
         kwargs["generator"] = torch.Generator().manual_seed(int(seed))
     n = x_all.shape[0]
-    out = torch.empty_like(x_all)
+    out = torch.empty(x_all.shape, dtype=x_all.dtype, device=dev)  # on the device: one copy back
     if dev != model_device:
         model.to(dev)
     try:
         with eval_mode(model), progress_bar(n, f"{name}", progress) as advance:
+            fast = attack_copy(model)
+            layout = torch.channels_last if fast is not model else torch.contiguous_format
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
-                xb = x_all[start:stop].to(dev)
+                xb = x_all[start:stop].to(dev).contiguous(memory_format=layout)
                 yb = y_all[start:stop].to(dev)
                 if target is not None:
                     kwargs["target"] = target if target_t is None else target_t[start:stop].to(dev)
-                out[start:stop] = fn(model, xb, yb, **kwargs).to(out_device)
+                out[start:stop] = fn(fast, xb, yb, **kwargs)
                 advance(stop - start)
     finally:
         if dev != model_device:
             model.to(model_device)
     log.debug("crafted %d %s examples (%s)", n, name, attack_kwargs)
-    return out
+    return out.to(out_device)

@@ -13,7 +13,8 @@ from skinadv.attacks._common import (
     _input_grad,
     _l2_project,
     _l2_step,
-    _linf_project,
+    _linf_bounds,
+    _linf_step_,
     _target_labels,
     check_eps,
 )
@@ -44,12 +45,16 @@ def _one_run(
     sign: float,
     generator: torch.Generator | None,
 ) -> Tensor:
-    project = _linf_project if norm == "linf" else _l2_project
     x_adv = _random_start(x, eps, norm, generator) if random_start else x.clone()
+    if norm == "linf":
+        lo, hi = _linf_bounds(x, eps)
+        for _ in range(steps):
+            grad, _, _ = _input_grad(model, x_adv, labels)
+            x_adv = _linf_step_(x_adv, grad.sign_(), sign * alpha, lo, hi)  # grad is ours
+        return x_adv
     for _ in range(steps):
         grad, _, _ = _input_grad(model, x_adv, labels)
-        step = grad.sign() if norm == "linf" else _l2_step(grad)
-        x_adv = project(x_adv + sign * alpha * step, x, eps)
+        x_adv = _l2_project(x_adv + sign * alpha * _l2_step(grad), x, eps)
     return x_adv
 
 

@@ -173,7 +173,10 @@ def fit(
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=order_gen)
-        total_loss, correct, seen = 0.0, 0, 0
+        # summed on the device, read back once per epoch: no host sync per step
+        total_loss = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
         for start in range(0, n, cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
             if idx.numel() < 2:  # BatchNorm cannot train on a batch of one
@@ -185,17 +188,17 @@ def fit(
             opt.step()
             grad_evals += out.grad_evals
             forwards += out.forwards
-            total_loss += float(out.loss.detach()) * idx.numel()
-            correct += int((out.logits.argmax(1) == yb).sum())
+            total_loss += out.loss.detach().double() * idx.numel()
+            correct += (out.logits.argmax(1) == yb).sum()
             seen += idx.numel()
-        mean_loss = total_loss / max(seen, 1)
+        mean_loss = float(total_loss) / max(seen, 1)
         if not np.isfinite(mean_loss):
             raise FloatingPointError(
                 f"training diverged: loss {mean_loss} at epoch {epoch} (lower train.lr?)"
             )
         guard_acc = guard.check(model, epoch) if guard is not None else None
         stats = EpochStats(
-            epoch, mean_loss, correct / max(seen, 1), time.perf_counter() - t0, guard_acc
+            epoch, mean_loss, int(correct) / max(seen, 1), time.perf_counter() - t0, guard_acc
         )
         history.append(stats)
         kept_epoch = epoch

@@ -192,3 +192,27 @@ def test_restarts_never_worse(tiny_trained, tiny_test):
     one = score(model, craft(model, x, y, "pgd", seed=0, restarts=1, **kw), y)["accuracy"]
     three = score(model, craft(model, x, y, "pgd", seed=0, restarts=3, **kw), y)["accuracy"]
     assert three <= one
+
+
+def test_attack_copy_is_the_same_function(tiny_trained, tiny_test):
+    """craft's attack_copy folds BatchNorm away, freezes its own weights and goes
+    channels-last, but computes the trained model's logits; the model itself is untouched."""
+    from skinadv.attacks._common import attack_copy
+
+    model = tiny_trained.model.eval()
+    x = tiny_test[0][:64]
+    fast = attack_copy(model)
+    assert fast is not model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert not any(p.requires_grad for p in fast.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        want = model(x)
+        got = fast(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    model.train()
+    try:
+        assert attack_copy(model) is model  # BatchNorm cannot be folded in train mode
+    finally:
+        model.eval()
