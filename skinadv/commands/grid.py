@@ -52,14 +52,31 @@ def _split_list(text: str | None, kind=str) -> list | None:
         raise fail(f"cannot read {text!r} as a comma-separated list ({exc})") from None
 
 
-def _flush_prefect_logs() -> None:
+def _flush_prefect_logs(timeout_s: float = 10) -> None:
     """Send Prefect's buffered logs while its server is still up (else they are lost)."""
     try:
         from prefect.logging.handlers import APILogWorker
 
-        APILogWorker.drain_all(timeout=10)
+        APILogWorker.drain_all(timeout=timeout_s)
     except Exception:  # logging must never turn a finished grid into a failure
         pass
+
+
+def _end_interrupted(stack, experiment: str) -> None:
+    """After Ctrl-C or SIGTERM: stop the work first (this driver's Ray job, and a Ray head
+    started here with its workers), then mark KILLED the runs it left RUNNING, so that
+    none stays RUNNING; the services stop after this, when the stack's block ends."""
+    import ray
+
+    from skinadv import tracking
+
+    _flush_prefect_logs(timeout_s=2)
+    ray.shutdown()  # Ray ends this job's tasks (a found head's workers too)
+    stack.stop_service("ray")
+    try:
+        tracking.kill_interrupted(experiment, reason="the grid was interrupted")
+    except Exception as exc:  # MLflow down too: the next grid's kill_stale marks them
+        logging.getLogger(__name__).warning("could not mark interrupted runs KILLED: %s", exc)
 
 
 def _logs_to_file(path: Path) -> None:
@@ -159,6 +176,7 @@ def grid(
     )
 
     from skinadv.stack import Stack, StackError
+    from skinadv.stack.process import interrupt_exit_code, no_interrupts
 
     run_dir = run_dir.resolve()
     log_file = run_dir / "logs" / "grid.log"
@@ -176,6 +194,10 @@ def grid(
             runner = make_task_runner(
                 stack.ray_address, stack.ray_runtime_env()["env_vars"], quiet=not verbose
             )
+            if stack.owns_sigterm:  # SIGTERM unwinds the grid as Ctrl-C does
+                from skinadv.commands.ray_runner import SigtermUnwindsRunner
+
+                runner = SigtermUnwindsRunner(runner.address, runner.init_kwargs)
             name = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
             labels = [
                 label
@@ -193,13 +215,23 @@ def grid(
                     outcome = grid_flow.with_options(task_runner=runner, flow_run_name=name)(
                         GridParams(**params)
                     )
+            except KeyboardInterrupt:
+                with no_interrupts():  # a second Ctrl-C must not cut the clean-up short
+                    _end_interrupted(stack, experiment)
+                raise
             finally:
                 _flush_prefect_logs()
     except StackError as exc:
         raise fail(str(exc), 1) from None
-    except KeyboardInterrupt:
-        console.print("interrupted: services stopped; rerun to resume (finished models are reused)")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        code = interrupt_exit_code(exc)
+        what = "terminated (SIGTERM)" if code != 130 else "interrupted"
+        console.print(
+            f"{what}: services stopped, unfinished runs marked KILLED; rerun the same "
+            "command to resume (finished models are reused)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code) from None
     except Exception as exc:  # the flow failed; the tracebacks are in the log file
         where = f" (details: {log_file})" if not verbose else ""
         raise fail(f"grid failed: {describe_error(exc)}{where}", 1) from None

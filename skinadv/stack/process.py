@@ -270,8 +270,33 @@ def no_interrupts() -> Iterator[None]:
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises ``KeyboardInterrupt`` (a subclass, so every
+    ``except KeyboardInterrupt`` and ``finally`` runs alike); a command exits 143 on it,
+    130 on Ctrl-C, as a shell reports 128 + the signal's number."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+# set by the handler: Ray's ray.get turns any KeyboardInterrupt into a plain one
+_sigterm_received = threading.Event()
+
+
+def interrupt_exit_code(exc: KeyboardInterrupt) -> int:
+    """143 for SIGTERM (``Terminated``, or any interrupt after SIGTERM was received), 130
+    for Ctrl-C (SIGINT)."""
+    if isinstance(exc, Terminated) or _sigterm_received.is_set():
+        return Terminated.exit_code
+    return 128 + signal.SIGINT
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _sigterm_received.set()
+    raise Terminated(f"signal {signum}")
+
+
 def unwind_on_sigterm() -> Any:
-    """Make SIGTERM raise ``KeyboardInterrupt``, as Ctrl-C does, so ``finally`` blocks run.
+    """Make SIGTERM raise ``Terminated`` (a ``KeyboardInterrupt``), so ``finally`` blocks run.
 
     Returns:
         The handler replaced (for ``restore_sigterm``), or None when nothing was changed:
@@ -284,12 +309,21 @@ def unwind_on_sigterm() -> Any:
     previous = signal.getsignal(signal.SIGTERM)
     if previous is not signal.SIG_DFL:
         return None  # someone else handles SIGTERM; leave it to them
-
-    def _on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
+    _sigterm_received.clear()
     signal.signal(signal.SIGTERM, _on_sigterm)
     return previous
+
+
+def reclaim_sigterm() -> None:
+    """Put ``unwind_on_sigterm``'s handler back after a library replaced it (main thread).
+
+    ``ray.init`` installs its own SIGTERM handlers: a Python one (``sys.exit``) and, in its
+    core worker, a C++ one that prints a stack trace and aborts (exit 134, no ``finally``).
+    A Prefect flow run installs one raising ``TerminationSignal``, which ``ray.get`` turns
+    into a ``SystemError`` that Prefect records as a crashed task: the flow goes on.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def restore_sigterm(previous: Any) -> None:

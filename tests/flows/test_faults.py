@@ -1,0 +1,269 @@
+"""Faults during ``skinadv grid``, through the real CLI on a tiny real-data grid: the driver
+interrupted (Ctrl-C, SIGTERM), the MLflow tracking server killed and restarted, services
+that cannot start, a run folder that cannot be written. After each, the MLflow runs are
+counted exactly: one FINISHED complete run per model, no duplicate, none RUNNING.
+
+Each grid here starts its own services (MLflow, Prefect, Ray) in its run folder, as a user's
+``skinadv grid`` does, in its own process group as a terminal's foreground job; the runs
+are read back afterwards from the run folder's SQLite through the MLflow client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_grid_integration import grid_command
+
+pytestmark = pytest.mark.integration
+
+STOP_BOUND_S = 30.0  # the issue's bound: everything stopped this long after the signal
+CELLS = ["pgd@0.8", "vanilla"]
+GRID_ARGS = ("--methods", "pgd", "--fractions", "0.8", "--set", "train.epochs=8")
+
+
+# the tests' own MLflow client gives up at once on a grid's MLflow that is gone
+POLL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """This environment without service addresses (each grid starts its own stack) or the
+    tests' own MLflow client settings."""
+    drop = ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAY_ADDRESS", *POLL_ENV)
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
+
+
+@pytest.fixture(autouse=True)
+def _poll_quickly(monkeypatch):
+    for k, v in POLL_ENV.items():
+        monkeypatch.setenv(k, v)
+
+
+class Grid:
+    """``skinadv grid`` running in its own session (a terminal's foreground job), its
+    stderr read line by line as it comes."""
+
+    def __init__(self, run_dir: Path, data: Path, experiment: str, *extra: str, env=None):
+        self.cmd = grid_command(run_dir, data, experiment, *GRID_ARGS, *extra)
+        self.run_dir = run_dir
+        self.proc = subprocess.Popen(
+            self.cmd,
+            env=env or _env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.err: list[str] = []
+        self.out: list[str] = []
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    def _read(self, stream, into: list[str]) -> None:
+        for line in stream:
+            into.append(line)
+            self._lines.put(line)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+    def mlflow_uri(self, timeout_s: float = 300) -> str:
+        """The tracking server's address, from the services table the CLI prints."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = re.search(r"MLflow UI\s*│\s*(http://[\d.:]+)", self.stderr)
+            if found:
+                return found.group(1)
+            assert self.proc.poll() is None, (
+                f"the grid ended before its services were up:\n{self.stderr}"
+            )
+            time.sleep(0.2)
+        raise AssertionError(f"no MLflow address within {timeout_s} s:\n{self.stderr}")
+
+    def training_cell(self, experiment: str, timeout_s: float = 400):
+        """The first run found RUNNING in its training stage (polling the grid's MLflow)."""
+        import mlflow
+
+        client = mlflow.MlflowClient(self.mlflow_uri())
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, (
+                f"the grid ended before a model trained:\n{self.stderr}"
+            )
+            exp = client.get_experiment_by_name(experiment)
+            if exp is not None:
+                found = client.search_runs(
+                    [exp.experiment_id],
+                    filter_string="attributes.status = 'RUNNING' "
+                    "and tags.`skinadv.stage` = 'training'",
+                )
+                if found:
+                    return found[0]
+            time.sleep(0.1)
+        raise AssertionError(f"no model started training in {timeout_s} s:\n{self.stderr}")
+
+    def wait(self, timeout_s: float) -> int:
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)  # its services stop with it
+                self.proc.wait(timeout=60)
+        for t in self._readers:
+            t.join(timeout=10)
+        return code
+
+    def result(self) -> dict:
+        return json.loads(self.out[-1])
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (services, Ray's GCS, raylet, workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def alive(pids: set[int]) -> set[int]:
+    left = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if state[state.rfind(")") + 2] != "Z":
+            left.add(pid)
+    return left
+
+
+def runs(run_dir: Path, experiment: str):
+    """Every run of the experiment, read from the run folder's SQLite (no server)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+def complete(all_runs) -> dict[str, str]:
+    """{cell: run id} of the FINISHED complete model runs; a duplicate fails."""
+    out: dict[str, str] = {}
+    for r in all_runs:
+        tags = r.data.tags
+        if tags.get("skinadv.kind") == "parent" or r.info.status != "FINISHED":
+            continue
+        if tags.get("skinadv.complete") == "true":
+            assert tags["skinadv.cell"] not in out, f"two complete runs of {tags['skinadv.cell']}"
+            out[tags["skinadv.cell"]] = r.info.run_id
+    return out
+
+
+def running(all_runs) -> list[str]:
+    return [
+        f"{r.data.tags.get('skinadv.cell', 'parent')} {r.info.run_id}"
+        for r in all_runs
+        if r.info.status == "RUNNING"
+    ]
+
+
+def interrupt(grid: Grid, experiment: str, sig: int) -> tuple[object, float]:
+    """Signal the grid while a model trains: SIGINT to its process group (Ctrl-C), SIGTERM
+    to the driver alone (``kill``, a service manager). Returns (the run that was training,
+    seconds from the signal to the driver's exit) once it exited and left nothing."""
+    victim = grid.training_cell(experiment)
+    started = descendants(grid.proc.pid)
+    assert started, "the grid started no services?"
+    t0 = time.monotonic()
+    if sig == signal.SIGINT:
+        os.killpg(grid.proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole group
+    else:
+        grid.proc.send_signal(sig)
+    code = grid.wait(timeout_s=120)
+    took = time.monotonic() - t0
+    expected = 128 + sig
+    assert code == expected, f"exit {code}, expected {expected}:\n{grid.stderr}"
+    assert took < STOP_BOUND_S, f"took {took:.1f} s to stop:\n{grid.stderr}"
+    assert alive(started) == set(), f"left running: {alive(started)}"
+    assert "Traceback" not in grid.stderr and "logging.cc" not in grid.stderr, grid.stderr
+    last = grid.err[-1].strip()
+    assert re.fullmatch(
+        r"(interrupted|terminated \(SIGTERM\)): services stopped, unfinished runs marked "
+        r"KILLED; rerun the same command to resume \(finished models are reused\)",
+        last,
+    ), grid.stderr
+    return victim, took
+
+
+def test_interrupted_grid_stops_everything_and_a_rerun_resumes(real_npz, tmp_path):
+    """Ctrl-C mid-cell, then SIGTERM mid-cell of the rerun, then a rerun to the end: each
+    interrupted grid exits 130 / 143 within 30 s with one line saying how to resume, its
+    services and Ray workers gone and no run left RUNNING (the one training is KILLED); the
+    last rerun reuses every finished model (same run ids) and trains the rest."""
+    run_dir, name = tmp_path / "run", "faults-interrupt"
+    timings = {}
+
+    # 1. Ctrl-C while the first model (vanilla) trains
+    grid = Grid(run_dir, real_npz, name)
+    victim, timings["SIGINT"] = interrupt(grid, name, signal.SIGINT)
+    after = runs(run_dir, name)
+    assert running(after) == []
+    assert {r.info.run_id: r.info.status for r in after}[victim.info.run_id] == "KILLED"
+    assert [r.info.status for r in after if r.data.tags["skinadv.kind"] == "parent"] == ["KILLED"]
+    first_done = complete(after)
+
+    # 2. the same command again; SIGTERM while a model trains (the cell, or vanilla if
+    # Ctrl-C came before it finished)
+    grid = Grid(run_dir, real_npz, name)
+    victim2, timings["SIGTERM"] = interrupt(grid, name, signal.SIGTERM)
+    after = runs(run_dir, name)
+    assert running(after) == []
+    assert {r.info.run_id: r.info.status for r in after}[victim2.info.run_id] == "KILLED"
+    second_done = complete(after)
+    assert second_done.items() >= first_done.items()  # finished models were not redone
+
+    # 3. the same command, to the end
+    grid = Grid(run_dir, real_npz, name)
+    assert grid.wait(timeout_s=900) == 0, grid.stderr[-4000:]
+    result = grid.result()
+    final = runs(run_dir, name)
+    assert running(final) == []
+    done = complete(final)
+    assert sorted(done) == CELLS
+    assert done.items() >= second_done.items()  # reused: the same run ids
+    assert {r["run_id"] for r in result["records"]} == set(done.values())
+    assert sorted(result["reused"]) == sorted(f"{c} s0" for c in second_done)
+    assert sorted(result["trained"]) == sorted(f"{c} s0" for c in CELLS if c not in second_done)
+    # every model run that is not the complete one was an interrupted attempt, KILLED
+    for r in final:
+        if r.data.tags.get("skinadv.kind") != "parent" and r.info.run_id not in done.values():
+            assert r.info.status == "KILLED", (r.data.tags.get("skinadv.cell"), r.info.status)
+    print(f"\nstop after signal: {timings}")
