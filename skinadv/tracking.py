@@ -222,6 +222,26 @@ def kill_interrupted(experiment: str, *, reason: str, wait_s: float = 10.0) -> l
     return killed
 
 
+def kill_orphans(experiment: str, *, reason: str) -> list[str]:
+    """Mark KILLED every RUNNING run whose owner was a process of this host that is gone
+    (a grid whose tracking server died before it could end its runs); returns their ids.
+    Runs owned elsewhere are left alone: nothing here can tell whether their owner lives."""
+    exp = client().get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    host = socket.gethostname()
+    killed = []
+    for run in client().search_runs(
+        [exp.experiment_id], filter_string="attributes.status = 'RUNNING'"
+    ):
+        owner_host, _, pid = run.data.tags.get(TAG_WORKER, "").rpartition(":")
+        if owner_host == host and not _alive(pid):
+            fail_run(run.info.run_id, reason, status="KILLED")
+            log.info("marked run %s (%s) KILLED: %s", run.info.run_id, run.info.run_name, reason)
+            killed.append(run.info.run_id)
+    return killed
+
+
 def _alive(pid: str) -> bool:
     try:
         os.kill(int(pid), 0)

@@ -62,6 +62,17 @@ def _flush_prefect_logs(timeout_s: float = 10) -> None:
         pass
 
 
+def _end_orphans(experiment: str) -> None:
+    """Mark KILLED the runs an earlier grid on this machine left RUNNING (its tracking
+    server was down when it stopped, so it could not end them)."""
+    from skinadv import tracking
+
+    try:
+        tracking.kill_orphans(experiment, reason="its owner ended without ending it")
+    except Exception as exc:  # the grid itself will say what is wrong with MLflow
+        logging.getLogger(__name__).warning("could not look for orphaned runs: %s", exc)
+
+
 def _end_interrupted(stack, experiment: str) -> None:
     """After Ctrl-C or SIGTERM: stop the work first (this driver's Ray job, and a Ray head
     started here with its workers), then mark KILLED the runs it left RUNNING, so that
@@ -176,14 +187,17 @@ def grid(
     )
 
     from skinadv.stack import Stack, StackError
-    from skinadv.stack.process import interrupt_exit_code, no_interrupts
+    from skinadv.stack.process import interrupt_exit_code, no_interrupts, reachable
+    from skinadv.stack.redact import redact
 
     run_dir = run_dir.resolve()
     log_file = run_dir / "logs" / "grid.log"
     t0 = time.perf_counter()
+    tracking_uri = None
     try:
         with Stack(run_dir, console=console) as stack:
             stack.print_addresses(console)
+            tracking_uri = stack.mlflow_tracking_uri
             from flows.grid import GridParams, grid_flow, make_task_runner
             from skinadv.commands.progress import GridProgress
             from tasks.grid import model_label
@@ -191,6 +205,7 @@ def grid(
             if not verbose:
                 _logs_to_file(log_file)
                 console.print(f"logs: {log_file} (--verbose shows them here)", soft_wrap=True)
+            _end_orphans(experiment)
             runner = make_task_runner(
                 stack.ray_address, stack.ray_runtime_env()["env_vars"], quiet=not verbose
             )
@@ -234,6 +249,14 @@ def grid(
         raise typer.Exit(code) from None
     except Exception as exc:  # the flow failed; the tracebacks are in the log file
         where = f" (details: {log_file})" if not verbose else ""
+        if tracking_uri and not reachable(f"{tracking_uri}/health", timeout_s=10):
+            raise fail(
+                f"the MLflow tracking server at {redact(tracking_uri)} stopped answering "
+                "(its client's retries ran out: MLFLOW_HTTP_REQUEST_MAX_RETRIES, "
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR); rerun the same command to resume "
+                f"(finished models are reused){where}",
+                1,
+            ) from None
         raise fail(f"grid failed: {describe_error(exc)}{where}", 1) from None
     seconds = time.perf_counter() - t0
     if as_json:

@@ -267,3 +267,84 @@ def test_interrupted_grid_stops_everything_and_a_rerun_resumes(real_npz, tmp_pat
         if r.data.tags.get("skinadv.kind") != "parent" and r.info.run_id not in done.values():
             assert r.info.status == "KILLED", (r.data.tags.get("skinadv.cell"), r.info.status)
     print(f"\nstop after signal: {timings}")
+
+
+def server_of(grid: Grid, port: int) -> int:
+    """The pid of the ``mlflow server`` the grid started on ``port`` (a child of the CLI)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+        if ppid == grid.proc.pid and b"server" in argv and str(port).encode() in argv:
+            return int(entry.name)
+    raise AssertionError(f"no mlflow server on port {port} under the grid")
+
+
+def test_mlflow_killed_and_restarted_mid_grid_loses_nothing(real_npz, tmp_path):
+    """SIGKILL the grid's MLflow server (and its workers) while a model trains, restart it
+    a few seconds later with the same command, port and SQLite file: the MLflow clients of
+    the driver and the Ray workers retry with backoff, the grid completes, and the model
+    that was training keeps its one run, FINISHED and complete."""
+    from skinadv.stack.process import healthy, session_pids
+
+    run_dir, name = tmp_path / "run", "faults-mlflow"
+    grid = Grid(run_dir, real_npz, name)
+    restarted = None
+    try:
+        victim = grid.training_cell(name)
+        uri = grid.mlflow_uri()
+        pid = server_of(grid, int(uri.rsplit(":", 1)[1]))
+        cmd = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+        env = dict(
+            kv.decode().split("=", 1)
+            for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if b"=" in kv
+        )
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+        for p in session_pids(pid):
+            os.kill(p, signal.SIGKILL)
+        t_kill = time.monotonic()
+        while healthy(f"{uri}/health", timeout_s=1):
+            assert time.monotonic() - t_kill < 30, "the killed MLflow still answers"
+            time.sleep(0.2)
+        time.sleep(5)  # down for a while: clients meet refused connections
+        assert grid.proc.poll() is None, grid.stderr
+        with open(tmp_path / "mlflow-restarted.log", "ab") as log:
+            restarted = subprocess.Popen(
+                cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        t_restart = time.monotonic()
+        while not healthy(f"{uri}/health", timeout_s=1):
+            assert restarted.poll() is None, (tmp_path / "mlflow-restarted.log").read_text()
+            assert time.monotonic() - t_restart < 240, "the restarted MLflow did not answer"
+            time.sleep(0.2)
+        t_up = time.monotonic()
+        code = grid.wait(timeout_s=900)
+        t_done = time.monotonic()
+    finally:
+        if restarted is not None:
+            for p in session_pids(restarted.pid):
+                os.kill(p, signal.SIGKILL)
+            restarted.wait(timeout=30)
+    assert code == 0, grid.stderr[-4000:]
+    assert "Traceback" not in grid.stderr, grid.stderr
+    result = grid.result()
+    final = runs(run_dir, name)
+    assert running(final) == []
+    done = complete(final)
+    assert sorted(done) == CELLS
+    assert sorted(result["trained"]) == sorted(f"{c} s0" for c in CELLS)
+    assert {r["run_id"] for r in result["records"]} == set(done.values())
+    # the model that was training through the outage kept its run: no retry, no duplicate
+    assert victim.info.run_id in done.values()
+    assert len([r for r in final if r.data.tags.get("skinadv.kind") != "parent"]) == len(CELLS)
+    print(
+        f"\nMLflow down {t_restart - t_kill:.1f} s, up again after {t_up - t_restart:.1f} s; "
+        f"grid done {t_done - t_up:.1f} s after MLflow answered again"
+    )
