@@ -6,11 +6,14 @@ import, so ``flows.grid`` is imported inside the command, after ``Stack.start()`
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import os
 import secrets
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
@@ -60,6 +63,48 @@ def _flush_prefect_logs(timeout_s: float = 10) -> None:
         APILogWorker.drain_all(timeout=timeout_s)
     except Exception:  # logging must never turn a finished grid into a failure
         pass
+
+
+MIN_FREE_MB = 256  # a margin ($SKINADV_MIN_FREE_MB): the tests' tiny grid writes 25 MB
+FULL_MB = 16  # less free than this after a failure: the disk filled up
+
+
+def _free_mb(path: Path) -> float:
+    try:
+        return shutil.disk_usage(path).free / 2**20
+    except OSError:
+        return float("inf")  # unknown: not the reason
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """Before anything starts: the run folder can be written and has room, else one line
+    and exit 1 (a folder this made is removed again: nothing is left half-written)."""
+    made = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir) as probe:
+            probe.write(b"skinadv")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        if made:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise fail(
+            f"cannot write to the run folder {run_dir} ({exc.strerror or exc}): pick another "
+            "--run-dir",
+            1,
+        ) from None
+    need = float(os.environ.get("SKINADV_MIN_FREE_MB") or MIN_FREE_MB)
+    free = _free_mb(run_dir)
+    if free < need:
+        if made:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise fail(
+            f"only {free:.0f} MB free for the run folder {run_dir}, a grid needs {need:.0f} MB "
+            "(SKINADV_MIN_FREE_MB): free some space or pick another --run-dir",
+            1,
+        )
 
 
 def _end_orphans(experiment: str) -> None:
@@ -191,6 +236,7 @@ def grid(
     from skinadv.stack.redact import redact
 
     run_dir = run_dir.resolve()
+    _check_run_dir(run_dir)
     log_file = run_dir / "logs" / "grid.log"
     t0 = time.perf_counter()
     tracking_uri = None
@@ -249,6 +295,13 @@ def grid(
         raise typer.Exit(code) from None
     except Exception as exc:  # the flow failed; the tracebacks are in the log file
         where = f" (details: {log_file})" if not verbose else ""
+        if _free_mb(run_dir) < FULL_MB:
+            raise fail(
+                f"the disk of the run folder {run_dir} is full ({_free_mb(run_dir):.0f} MB "
+                f"free): free some space, then rerun the same command to resume (finished "
+                f"models are reused){where}",
+                1,
+            ) from None
         if tracking_uri and not reachable(f"{tracking_uri}/health", timeout_s=10):
             raise fail(
                 f"the MLflow tracking server at {redact(tracking_uri)} stopped answering "

@@ -135,7 +135,7 @@ class Stack:
             self, for ``stack = Stack(run_dir).start()``.
 
         Raises:
-            StackError: a service did not start (its log's last lines are in the message)
+            StackError: a service did not start (one line: why, and where its log is)
                 or a service named by an environment variable does not answer.
         """
         if not self._stopped:

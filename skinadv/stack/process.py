@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -120,6 +121,21 @@ def launch(svc: Service, cmd: list[str], env: Env, *, cwd: Path) -> None:
         raise StackError(f"could not run {cmd[0]}: {exc}") from exc
 
 
+# what uvicorn (MLflow, Prefect) and Ray print when a port is taken
+_PORT_TAKEN = re.compile(r"address already in use|errno 98|eaddrinuse|failed to bind", re.I)
+
+
+def why_not_started(svc: Service) -> str:
+    """One line on why a service did not come up: a port of its taken by another process,
+    else the last line of its log."""
+    text = tail(svc.log_path, 40).rsplit("\n$ ", 1)[-1]  # this launch's lines only
+    if _PORT_TAKEN.search(text):
+        ports = ", ".join(f"{HOST}:{p}" for p in svc.ports) or "its port"
+        return f"a port it was given ({ports}) is already taken; rerun to pick free ones"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return f"its log ends with {lines[-1]!r}" if lines else "its log is empty"
+
+
 def wait_healthy(services: list[Service], *, console: Console, timeout_s: float) -> None:
     """Poll every service's health URLs until all answer; set each one's ``startup_s``.
 
@@ -129,8 +145,8 @@ def wait_healthy(services: list[Service], *, console: Console, timeout_s: float)
         timeout_s: seconds each service may take from its launch.
 
     Raises:
-        StackError: a service exited or did not answer in time (its log's last lines
-            are in the message).
+        StackError: a service exited or did not answer in time (one line: a port taken,
+            else its log's last line).
     """
     pending = {s.name: s for s in services}
     status = None
@@ -144,8 +160,8 @@ def wait_healthy(services: list[Service], *, console: Console, timeout_s: float)
                 elapsed = time.monotonic() - svc.launched_at
                 if svc.process is not None and svc.process.poll() is not None:
                     raise StackError(
-                        f"{name} exited with code {svc.process.returncode} while starting "
-                        f"(log: {svc.log_path}); its last lines:\n{tail(svc.log_path)}"
+                        f"{name} exited with code {svc.process.returncode} while starting: "
+                        f"{why_not_started(svc)} (log: {svc.log_path})"
                     )
                 if all(healthy(u) for u in svc.health_urls):
                     svc.startup_s = round(elapsed, 1)
@@ -154,8 +170,7 @@ def wait_healthy(services: list[Service], *, console: Console, timeout_s: float)
                 elif elapsed > timeout_s:
                     raise StackError(
                         f"{name} did not answer {', '.join(svc.health_urls)} within "
-                        f"{timeout_s:.0f} s (log: {svc.log_path}); its last lines:\n"
-                        f"{tail(svc.log_path)}"
+                        f"{timeout_s:.0f} s: {why_not_started(svc)} (log: {svc.log_path})"
                     )
             if not pending:
                 break

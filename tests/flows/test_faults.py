@@ -348,3 +348,97 @@ def test_mlflow_killed_and_restarted_mid_grid_loses_nothing(real_npz, tmp_path):
         f"\nMLflow down {t_restart - t_kill:.1f} s, up again after {t_up - t_restart:.1f} s; "
         f"grid done {t_done - t_up:.1f} s after MLflow answered again"
     )
+
+
+# -- services or folders that cannot be used: one line, exit 1, nothing half-written ---------
+
+
+def fails_in_one_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """The one ``error:`` line of a failed grid (exit 1, no traceback), holding ``needles``."""
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and proc.stderr.rstrip().endswith(errors[0]), proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def run_grid(run_dir: Path, data: Path, env=None) -> subprocess.CompletedProcess:
+    cmd = grid_command(run_dir, data, "faults-start", *GRID_ARGS)
+    return subprocess.run(
+        cmd, env=env or _env(), capture_output=True, text=True, timeout=600,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(options)``: a fresh tmpfs mounted under tmp_path (needs root, as CI runs)."""
+    mounts: list[Path] = []
+
+    def mount(options: str) -> Path:
+        target = tmp_path / f"tmpfs{len(mounts)}"
+        target.mkdir()
+        cmd = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"cannot mount a tmpfs for this fault ({done.stderr.strip()})")
+        mounts.append(target)
+        return target
+
+    yield mount
+    for target in mounts:
+        subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def files_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+def test_prefect_unreachable_at_start(real_npz, tmp_path):
+    from skinadv.stack.process import free_ports
+
+    (port,) = free_ports(1)
+    run_dir = tmp_path / "run"
+    env = _env(PREFECT_API_URL=f"http://127.0.0.1:{port}/api")
+    proc = run_grid(run_dir, real_npz, env)
+    fails_in_one_line(proc, "$PREFECT_API_URL", f"127.0.0.1:{port}", "does not answer")
+    assert files_under(run_dir) == []  # nothing was started, nothing written
+
+
+def test_unwritable_run_folder(real_npz, tmpfs):
+    mnt = tmpfs("ro,size=1m")
+    proc = run_grid(mnt / "run", real_npz)
+    fails_in_one_line(proc, "cannot write to the run folder", str(mnt / "run"), "Read-only")
+    assert list(mnt.iterdir()) == []
+
+
+def test_full_disk_for_the_run_folder(real_npz, tmpfs):
+    mnt = tmpfs("size=8m")
+    proc = run_grid(mnt / "run", real_npz)
+    fails_in_one_line(proc, "MB free for the run folder", str(mnt / "run"), "SKINADV_MIN_FREE_MB")
+    assert list(mnt.iterdir()) == []  # the run folder it made is gone again
+
+
+def test_a_port_taken_before_a_service_binds_it(tmp_path, monkeypatch):
+    """Ports are picked free, then bound by the service a moment later: another process can
+    take one between the two. The service then fails with one line naming the port."""
+    import socket
+
+    from skinadv.stack import Stack, StackError, process
+
+    for key in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAY_ADDRESS"):
+        monkeypatch.delenv(key, raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setattr(process, "free_ports", lambda n: [port] * n)
+        stack = Stack(tmp_path, prefect=False, ray=False)
+        with pytest.raises(StackError) as err:
+            stack.start()
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"127.0.0.1:{port}" in message and "already taken" in message, message
+    assert process.session_pids(stack.services["mlflow"].process.pid) == []
