@@ -135,12 +135,21 @@ def _end_interrupted(stack, experiment: str) -> None:
         logging.getLogger(__name__).warning("could not mark interrupted runs KILLED: %s", exc)
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Log lines with every URL in them (and in their tracebacks) without credentials."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from skinadv.stack.redact import redact_text
+
+        return redact_text(super().format(record))
+
+
 def _logs_to_file(path: Path) -> None:
     """Prefect's, Ray's, MLflow's and skinadv's log records go to ``path``, not the screen
     (Prefect's console handler sits on the root logger, Ray's on the ``ray`` logger)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("", "ray"):
         lg = logging.getLogger(name)
         for h in list(lg.handlers):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skinadv.stack.common import HOST, Env, Service, StackError
-from skinadv.stack.redact import redact_args
+from skinadv.stack.redact import redact_args, redact_text
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -123,6 +123,7 @@ def launch(svc: Service, cmd: list[str], env: Env, *, cwd: Path) -> None:
 
 # what uvicorn (MLflow, Prefect) and Ray print when a port is taken
 _PORT_TAKEN = re.compile(r"address already in use|errno 98|eaddrinuse|failed to bind", re.I)
+_ERROR_LINE = re.compile(r"Error\b|Exception\b|error:", re.I)
 
 
 def why_not_started(svc: Service) -> str:
@@ -133,7 +134,10 @@ def why_not_started(svc: Service) -> str:
         ports = ", ".join(f"{HOST}:{p}" for p in svc.ports) or "its port"
         return f"a port it was given ({ports}) is already taken; rerun to pick free ones"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return f"its log ends with {lines[-1]!r}" if lines else "its log is empty"
+    errors = [ln for ln in lines if _ERROR_LINE.search(ln)]  # rather than a traceback's tail
+    if not lines:
+        return "its log is empty"
+    return f"its log says {redact_text((errors or lines)[-1])!r}"
 
 
 def wait_healthy(services: list[Service], *, console: Console, timeout_s: float) -> None:
