@@ -208,8 +208,13 @@ def session_pids(sid: int) -> list[int]:
             return [sid]
         except OSError:
             return []
-    pids = []
-    for entry in proc.iterdir():
+    return [pid for pid, fields in live_processes() if len(fields) > 3 and int(fields[3]) == sid]
+
+
+def live_processes() -> Iterator[tuple[int, list[str]]]:
+    """``(pid, fields)`` of every process but zombies, from /proc (Linux): ``fields`` are
+    those of ``/proc/PID/stat`` after the name, ``state ppid pgrp session ...``."""
+    for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
@@ -218,9 +223,8 @@ def session_pids(sid: int) -> list[int]:
             continue
         # pid (comm) state ppid pgrp session ...; comm may hold spaces and parentheses
         fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 3 and fields[0] != "Z" and int(fields[3]) == sid:
-            pids.append(int(entry.name))
-    return pids
+        if fields and fields[0] != "Z":
+            yield int(entry.name), fields
 
 
 def _signal(pids: list[int], sig: int) -> None:

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 from test_grid_integration import grid_command
 
+from skinadv.stack.process import live_processes
+
 pytestmark = pytest.mark.integration
 
 STOP_BOUND_S = 30.0  # the issue's bound: everything stopped this long after the signal
@@ -132,18 +134,10 @@ class Grid:
 
 
 def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (services, Ray's GCS, raylet, workers), from /proc."""
+    """Every live process below ``pid`` (services, Ray's GCS, raylet, workers)."""
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    for child, fields in live_processes():
+        children.setdefault(int(fields[1]), []).append(child)
     out, todo = set(), [pid]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -154,15 +148,7 @@ def descendants(pid: int) -> set[int]:
 
 
 def alive(pids: set[int]) -> set[int]:
-    left = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        if state[state.rfind(")") + 2] != "Z":
-            left.add(pid)
-    return left
+    return {pid for pid, _ in live_processes()} & pids
 
 
 def runs(run_dir: Path, experiment: str):
@@ -271,17 +257,15 @@ def test_interrupted_grid_stops_everything_and_a_rerun_resumes(real_npz, tmp_pat
 
 def server_of(grid: Grid, port: int) -> int:
     """The pid of the ``mlflow server`` the grid started on ``port`` (a child of the CLI)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for pid, fields in live_processes():
+        if int(fields[1]) != grid.proc.pid:
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            stat = (entry / "stat").read_text()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
-        if ppid == grid.proc.pid and b"server" in argv and str(port).encode() in argv:
-            return int(entry.name)
+        if b"server" in argv and str(port).encode() in argv:
+            return pid
     raise AssertionError(f"no mlflow server on port {port} under the grid")
 
 
