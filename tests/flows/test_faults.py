@@ -49,6 +49,10 @@ def _poll_quickly(monkeypatch):
         monkeypatch.setenv(k, v)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Grid:
     """``skinadv grid`` running in its own session (a terminal's foreground job), its
     stderr read line by line as it comes."""
@@ -63,6 +67,9 @@ class Grid:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            # Ctrl-C reaches it as a terminal's foreground job: a suite started in the
+            # background (`cmd &` in a script) would hand SIGINT down ignored
+            preexec_fn=_default_sigint,
         )
         self.err: list[str] = []
         self.out: list[str] = []
