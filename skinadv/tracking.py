@@ -48,6 +48,11 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 
+def worker() -> str:
+    """``host:pid`` of this process: the ``skinadv.worker`` tag of the runs it owns."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def client():
     import mlflow
 
@@ -101,8 +106,7 @@ def start_run(
 
     c = client()
     # which process owns the run: an operator (or a fault test) can find it
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-    all_tags = {TAG_KIND: kind, "mlflow.runName": name, TAG_WORKER: worker, **(tags or {})}
+    all_tags = {TAG_KIND: kind, "mlflow.runName": name, TAG_WORKER: worker(), **(tags or {})}
     if parent_run_id:
         all_tags[TAG_PARENT] = parent_run_id
     run = c.create_run(experiment_id(experiment), run_name=name, tags=all_tags)
@@ -188,6 +192,64 @@ def kill_stale(experiment: str, config_hash: str, *, reason: str) -> list[str]:
 def kill_unfinished(experiment: str, parent_run_id: str, *, reason: str) -> list[str]:
     """Mark KILLED every child run of ``parent_run_id`` that is still RUNNING."""
     return _kill(experiment, f"tags.`{TAG_PARENT}` = '{parent_run_id}'", reason)
+
+
+def kill_interrupted(experiment: str, *, reason: str, wait_s: float = 10.0) -> list[str]:
+    """After an interrupt: mark KILLED the RUNNING child runs of every grid this process
+    started (parent runs tagged with its ``worker()``), once the processes that own them
+    on this host have exited (waiting ``wait_s`` at most: a run's owner could still end it
+    FINISHED). Returns their ids."""
+    exp = client().get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    parents = client().search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{TAG_KIND}` = 'parent' and tags.`{TAG_WORKER}` = '{worker()}'",
+    )
+    host = socket.gethostname()
+    killed = []
+    for parent in parents:
+        where = f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'"
+        running = client().search_runs(
+            [exp.experiment_id], filter_string=f"{where} and attributes.status = 'RUNNING'"
+        )
+        deadline = time.monotonic() + wait_s
+        for run in running:
+            owner_host, _, pid = run.data.tags.get(TAG_WORKER, "").rpartition(":")
+            while owner_host == host and _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        killed += _kill(experiment, where, reason)
+    return killed
+
+
+def kill_orphans(experiment: str, *, reason: str) -> list[str]:
+    """Mark KILLED every RUNNING run whose owner was a process of this host that is gone
+    (a grid whose tracking server died before it could end its runs); returns their ids.
+    Runs owned elsewhere are left alone: nothing here can tell whether their owner lives."""
+    exp = client().get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    host = socket.gethostname()
+    killed = []
+    for run in client().search_runs(
+        [exp.experiment_id], filter_string="attributes.status = 'RUNNING'"
+    ):
+        owner_host, _, pid = run.data.tags.get(TAG_WORKER, "").rpartition(":")
+        if owner_host == host and not _alive(pid):
+            fail_run(run.info.run_id, reason, status="KILLED")
+            log.info("marked run %s (%s) KILLED: %s", run.info.run_id, run.info.run_name, reason)
+            killed.append(run.info.run_id)
+    return killed
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _kill(experiment: str, where: str, reason: str) -> list[str]:

@@ -27,7 +27,11 @@ stdout_console = Console(width=_width(sys.stdout), highlight=False)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one clear ``error:`` line (no traceback); return the Exit for ``raise``."""
+    """Print one clear ``error:`` line (no traceback, every URL in it without credentials);
+    return the Exit for ``raise``."""
+    from skinadv.stack.redact import redact_text
+
+    message = redact_text(message)
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 

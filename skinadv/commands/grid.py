@@ -6,11 +6,14 @@ import, so ``flows.grid`` is imported inside the command, after ``Stack.start()`
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import os
 import secrets
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
@@ -52,14 +55,93 @@ def _split_list(text: str | None, kind=str) -> list | None:
         raise fail(f"cannot read {text!r} as a comma-separated list ({exc})") from None
 
 
-def _flush_prefect_logs() -> None:
+def _flush_prefect_logs(timeout_s: float = 10) -> None:
     """Send Prefect's buffered logs while its server is still up (else they are lost)."""
     try:
         from prefect.logging.handlers import APILogWorker
 
-        APILogWorker.drain_all(timeout=10)
+        APILogWorker.drain_all(timeout=timeout_s)
     except Exception:  # logging must never turn a finished grid into a failure
         pass
+
+
+MIN_FREE_MB = 1024  # $SKINADV_MIN_FREE_MB; the quick preset on all of HAM10000 wrote 810 MB
+FULL_MB = 16  # less free than this after a failure: the disk filled up
+
+
+def _free_mb(path: Path) -> float:
+    try:
+        return shutil.disk_usage(path).free / 2**20
+    except OSError:
+        return float("inf")  # unknown: not the reason
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """Before anything starts: the run folder can be written and has room, else one line
+    and exit 1 (a folder this made is removed again: nothing is left half-written)."""
+    made = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir) as probe:
+            probe.write(b"skinadv")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        if made:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise fail(
+            f"cannot write to the run folder {run_dir} ({exc.strerror or exc}): pick another "
+            "--run-dir",
+            1,
+        ) from None
+    need = float(os.environ.get("SKINADV_MIN_FREE_MB") or MIN_FREE_MB)
+    free = _free_mb(run_dir)
+    if free < need:
+        if made:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise fail(
+            f"only {free:.0f} MB free for the run folder {run_dir}, a grid needs {need:.0f} MB "
+            "(SKINADV_MIN_FREE_MB): free some space or pick another --run-dir",
+            1,
+        )
+
+
+def _end_orphans(experiment: str) -> None:
+    """Mark KILLED the runs an earlier grid on this machine left RUNNING (its tracking
+    server was down when it stopped, so it could not end them)."""
+    from skinadv import tracking
+
+    try:
+        tracking.kill_orphans(experiment, reason="its owner ended without ending it")
+    except Exception as exc:  # the grid itself will say what is wrong with MLflow
+        logging.getLogger(__name__).warning("could not look for orphaned runs: %s", exc)
+
+
+def _end_interrupted(stack, experiment: str) -> None:
+    """After Ctrl-C or SIGTERM: stop the work first (this driver's Ray job, and a Ray head
+    started here with its workers), then mark KILLED the runs it left RUNNING, so that
+    none stays RUNNING; the services stop after this, when the stack's block ends."""
+    import ray
+
+    from skinadv import tracking
+
+    _flush_prefect_logs(timeout_s=2)
+    ray.shutdown()  # Ray ends this job's tasks (a found head's workers too)
+    stack.stop_service("ray")
+    try:
+        tracking.kill_interrupted(experiment, reason="the grid was interrupted")
+    except Exception as exc:  # MLflow down too: the next grid's kill_stale marks them
+        logging.getLogger(__name__).warning("could not mark interrupted runs KILLED: %s", exc)
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Log lines with every URL in them (and in their tracebacks) without credentials."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from skinadv.stack.redact import redact_text
+
+        return redact_text(super().format(record))
 
 
 def _logs_to_file(path: Path) -> None:
@@ -67,7 +149,7 @@ def _logs_to_file(path: Path) -> None:
     (Prefect's console handler sits on the root logger, Ray's on the ``ray`` logger)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("", "ray"):
         lg = logging.getLogger(name)
         for h in list(lg.handlers):
@@ -159,13 +241,18 @@ def grid(
     )
 
     from skinadv.stack import Stack, StackError
+    from skinadv.stack.process import interrupt_exit_code, no_interrupts, reachable
+    from skinadv.stack.redact import redact
 
     run_dir = run_dir.resolve()
+    _check_run_dir(run_dir)
     log_file = run_dir / "logs" / "grid.log"
     t0 = time.perf_counter()
+    tracking_uri = None
     try:
         with Stack(run_dir, console=console) as stack:
             stack.print_addresses(console)
+            tracking_uri = stack.mlflow_tracking_uri
             from flows.grid import GridParams, grid_flow, make_task_runner
             from skinadv.commands.progress import GridProgress
             from tasks.grid import model_label
@@ -173,9 +260,14 @@ def grid(
             if not verbose:
                 _logs_to_file(log_file)
                 console.print(f"logs: {log_file} (--verbose shows them here)", soft_wrap=True)
+            _end_orphans(experiment)
             runner = make_task_runner(
                 stack.ray_address, stack.ray_runtime_env()["env_vars"], quiet=not verbose
             )
+            if stack.owns_sigterm:  # SIGTERM unwinds the grid as Ctrl-C does
+                from skinadv.commands.ray_runner import SigtermUnwindsRunner
+
+                runner = SigtermUnwindsRunner(runner.address, runner.init_kwargs)
             name = f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
             labels = [
                 label
@@ -193,15 +285,40 @@ def grid(
                     outcome = grid_flow.with_options(task_runner=runner, flow_run_name=name)(
                         GridParams(**params)
                     )
+            except KeyboardInterrupt:
+                with no_interrupts():  # a second Ctrl-C must not cut the clean-up short
+                    _end_interrupted(stack, experiment)
+                raise
             finally:
                 _flush_prefect_logs()
     except StackError as exc:
         raise fail(str(exc), 1) from None
-    except KeyboardInterrupt:
-        console.print("interrupted: services stopped; rerun to resume (finished models are reused)")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        code = interrupt_exit_code(exc)
+        what = "terminated (SIGTERM)" if code != 130 else "interrupted"
+        console.print(
+            f"{what}: services stopped, unfinished runs marked KILLED; rerun the same "
+            "command to resume (finished models are reused)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code) from None
     except Exception as exc:  # the flow failed; the tracebacks are in the log file
         where = f" (details: {log_file})" if not verbose else ""
+        if _free_mb(run_dir) < FULL_MB:
+            raise fail(
+                f"the disk of the run folder {run_dir} is full ({_free_mb(run_dir):.0f} MB "
+                f"free): free some space, then rerun the same command to resume (finished "
+                f"models are reused){where}",
+                1,
+            ) from None
+        if tracking_uri and not reachable(f"{tracking_uri}/health", timeout_s=10):
+            raise fail(
+                f"the MLflow tracking server at {redact(tracking_uri)} stopped answering "
+                "(its client's retries ran out: MLFLOW_HTTP_REQUEST_MAX_RETRIES, "
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR); rerun the same command to resume "
+                f"(finished models are reused){where}",
+                1,
+            ) from None
         raise fail(f"grid failed: {describe_error(exc)}{where}", 1) from None
     seconds = time.perf_counter() - t0
     if as_json:

@@ -14,6 +14,12 @@ Env = dict[str, str]
 HOST = "127.0.0.1"
 SERVICES = ("mlflow", "prefect", "ray")
 ENV_VARS = {"mlflow": "MLFLOW_TRACKING_URI", "prefect": "PREFECT_API_URL", "ray": "RAY_ADDRESS"}
+MLFLOW_RETRY_ENV_VARS = (
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+)
 # Non-secret settings forwarded to Ray workers when set here: the one list (the stack's
 # runtime_env and the flows' task runner both use it). Credentials (AWS keys, API keys)
 # are deliberately not forwarded: a runtime_env is shown in the Ray dashboard.
@@ -25,6 +31,9 @@ WORKER_ENV_VARS = (
     "MLFLOW_EXPERIMENT_NAME",
     "SKINADV_HAM10000",
     "SKINADV_CACHE_DIR",
+    # MLflow's client retries (default: 7 retries, backoff factor 2, about 4 minutes):
+    # a tracking server that restarts meanwhile loses nothing
+    *MLFLOW_RETRY_ENV_VARS,
 )
 # Storage settings of the started servers: Stack argument -> environment variable.
 STORAGE_ENV_VARS = {

@@ -135,7 +135,7 @@ class Stack:
             self, for ``stack = Stack(run_dir).start()``.
 
         Raises:
-            StackError: a service did not start (its log's last lines are in the message)
+            StackError: a service did not start (one line: why, and where its log is)
                 or a service named by an environment variable does not answer.
         """
         if not self._stopped:
@@ -189,6 +189,21 @@ class Stack:
             atexit.unregister(self.stop)
         if started:
             logger.info("stopped %s", ", ".join(s.name for s in started))
+
+    def stop_service(self, name: str) -> None:
+        """Stop one service this stack started, and everything it spawned, now (``stop``
+        then leaves it); a found service or one not started is left alone."""
+        svc = self.services.get(name)
+        if svc is None or not svc.started or svc.process is None:
+            return
+        with process.no_interrupts():
+            process.stop_sessions([svc.process], grace_s=STOP_GRACE_S)
+
+    @property
+    def owns_sigterm(self) -> bool:
+        """Whether this started stack made SIGTERM unwind (``process.unwind_on_sigterm``):
+        False when someone else handled SIGTERM already, or off the main thread."""
+        return not self._stopped and self._old_sigterm is not None
 
     def __enter__(self) -> Self:
         return self.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skinadv.stack.common import HOST, Env, Service, StackError
-from skinadv.stack.redact import redact_args
+from skinadv.stack.redact import redact_args, redact_text
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -120,6 +121,25 @@ def launch(svc: Service, cmd: list[str], env: Env, *, cwd: Path) -> None:
         raise StackError(f"could not run {cmd[0]}: {exc}") from exc
 
 
+# what uvicorn (MLflow, Prefect) and Ray print when a port is taken
+_PORT_TAKEN = re.compile(r"address already in use|errno 98|eaddrinuse|failed to bind", re.I)
+_ERROR_LINE = re.compile(r"Error\b|Exception\b|error:", re.I)
+
+
+def why_not_started(svc: Service) -> str:
+    """One line on why a service did not come up: a port of its taken by another process,
+    else the last line of its log."""
+    text = tail(svc.log_path, 40).rsplit("\n$ ", 1)[-1]  # this launch's lines only
+    if _PORT_TAKEN.search(text):
+        ports = ", ".join(f"{HOST}:{p}" for p in svc.ports) or "its port"
+        return f"a port it was given ({ports}) is already taken; rerun to pick free ones"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if _ERROR_LINE.search(ln)]  # rather than a traceback's tail
+    if not lines:
+        return "its log is empty"
+    return f"its log says {redact_text((errors or lines)[-1])!r}"
+
+
 def wait_healthy(services: list[Service], *, console: Console, timeout_s: float) -> None:
     """Poll every service's health URLs until all answer; set each one's ``startup_s``.
 
@@ -129,8 +149,8 @@ def wait_healthy(services: list[Service], *, console: Console, timeout_s: float)
         timeout_s: seconds each service may take from its launch.
 
     Raises:
-        StackError: a service exited or did not answer in time (its log's last lines
-            are in the message).
+        StackError: a service exited or did not answer in time (one line: a port taken,
+            else its log's last line).
     """
     pending = {s.name: s for s in services}
     status = None
@@ -144,8 +164,8 @@ def wait_healthy(services: list[Service], *, console: Console, timeout_s: float)
                 elapsed = time.monotonic() - svc.launched_at
                 if svc.process is not None and svc.process.poll() is not None:
                     raise StackError(
-                        f"{name} exited with code {svc.process.returncode} while starting "
-                        f"(log: {svc.log_path}); its last lines:\n{tail(svc.log_path)}"
+                        f"{name} exited with code {svc.process.returncode} while starting: "
+                        f"{why_not_started(svc)} (log: {svc.log_path})"
                     )
                 if all(healthy(u) for u in svc.health_urls):
                     svc.startup_s = round(elapsed, 1)
@@ -154,8 +174,7 @@ def wait_healthy(services: list[Service], *, console: Console, timeout_s: float)
                 elif elapsed > timeout_s:
                     raise StackError(
                         f"{name} did not answer {', '.join(svc.health_urls)} within "
-                        f"{timeout_s:.0f} s (log: {svc.log_path}); its last lines:\n"
-                        f"{tail(svc.log_path)}"
+                        f"{timeout_s:.0f} s: {why_not_started(svc)} (log: {svc.log_path})"
                     )
             if not pending:
                 break
@@ -189,8 +208,13 @@ def session_pids(sid: int) -> list[int]:
             return [sid]
         except OSError:
             return []
-    pids = []
-    for entry in proc.iterdir():
+    return [pid for pid, fields in live_processes() if len(fields) > 3 and int(fields[3]) == sid]
+
+
+def live_processes() -> Iterator[tuple[int, list[str]]]:
+    """``(pid, fields)`` of every process but zombies, from /proc (Linux): ``fields`` are
+    those of ``/proc/PID/stat`` after the name, ``state ppid pgrp session ...``."""
+    for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
@@ -199,9 +223,8 @@ def session_pids(sid: int) -> list[int]:
             continue
         # pid (comm) state ppid pgrp session ...; comm may hold spaces and parentheses
         fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 3 and fields[0] != "Z" and int(fields[3]) == sid:
-            pids.append(int(entry.name))
-    return pids
+        if fields and fields[0] != "Z":
+            yield int(entry.name), fields
 
 
 def _signal(pids: list[int], sig: int) -> None:
@@ -270,8 +293,33 @@ def no_interrupts() -> Iterator[None]:
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises ``KeyboardInterrupt`` (a subclass, so every
+    ``except KeyboardInterrupt`` and ``finally`` runs alike); a command exits 143 on it,
+    130 on Ctrl-C, as a shell reports 128 + the signal's number."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+# set by the handler: Ray's ray.get turns any KeyboardInterrupt into a plain one
+_sigterm_received = threading.Event()
+
+
+def interrupt_exit_code(exc: KeyboardInterrupt) -> int:
+    """143 for SIGTERM (``Terminated``, or any interrupt after SIGTERM was received), 130
+    for Ctrl-C (SIGINT)."""
+    if isinstance(exc, Terminated) or _sigterm_received.is_set():
+        return Terminated.exit_code
+    return 128 + signal.SIGINT
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _sigterm_received.set()
+    raise Terminated(f"signal {signum}")
+
+
 def unwind_on_sigterm() -> Any:
-    """Make SIGTERM raise ``KeyboardInterrupt``, as Ctrl-C does, so ``finally`` blocks run.
+    """Make SIGTERM raise ``Terminated`` (a ``KeyboardInterrupt``), so ``finally`` blocks run.
 
     Returns:
         The handler replaced (for ``restore_sigterm``), or None when nothing was changed:
@@ -284,12 +332,21 @@ def unwind_on_sigterm() -> Any:
     previous = signal.getsignal(signal.SIGTERM)
     if previous is not signal.SIG_DFL:
         return None  # someone else handles SIGTERM; leave it to them
-
-    def _on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
+    _sigterm_received.clear()
     signal.signal(signal.SIGTERM, _on_sigterm)
     return previous
+
+
+def reclaim_sigterm() -> None:
+    """Put ``unwind_on_sigterm``'s handler back after a library replaced it (main thread).
+
+    ``ray.init`` installs its own SIGTERM handlers: a Python one (``sys.exit``) and, in its
+    core worker, a C++ one that prints a stack trace and aborts (exit 134, no ``finally``).
+    A Prefect flow run installs one raising ``TerminationSignal``, which ``ray.get`` turns
+    into a ``SystemError`` that Prefect records as a crashed task: the flow goes on.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def restore_sigterm(previous: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 
 _SECRET_QUERY_KEYS = ("password", "sslpassword", "passfile", "secret", "token")
@@ -40,6 +41,14 @@ def redact(url: str | None) -> str | None:
     if netloc == parts.netloc and query == parts.query:
         return url
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>()]+")
+
+
+def redact_text(text: str) -> str:
+    """Free text (an error message, a log line) with every URL in it redacted."""
+    return _URL.sub(lambda m: str(redact(m.group(0))), text)
 
 
 def redact_args(args: list[str]) -> list[str]:

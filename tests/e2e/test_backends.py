@@ -465,8 +465,19 @@ def test_runs_and_flow_runs_live_in_postgres(backends_stack, grid, postgres_serv
     assert not (backends_stack.run_dir / "prefect" / "prefect.db").exists()
 
 
+def _secret_free(texts: dict[str, str], secrets_: list[str]) -> None:
+    for where, text in texts.items():
+        for secret in secrets_:
+            assert secret not in text, f"a secret appears in {where}"
+
+
 @pytest.mark.integration
-def test_no_secret_in_logs_or_output(backends_stack, grid, moto_s3):
+def test_no_secret_in_logs_or_output(backends_stack, grid, moto_s3, prefect_api):
+    """Neither the S3 secret key nor the database password reaches the CLI's output, a log
+    (the services', Ray's session logs, the grid's), the report, an MLflow param or tag
+    (every run's, the experiment's), or Prefect's records (flow run parameters, logs)."""
+    import mlflow
+
     secrets_ = [moto_s3.secret_key, DB_PASSWORD]
     texts = {"cli output": grid["_output"]}
     # every file the services wrote: their logs and Ray's session logs (*.log/out/err)
@@ -477,11 +488,27 @@ def test_no_secret_in_logs_or_output(backends_stack, grid, moto_s3):
         for p in Path(grid["_run_dir"]).rglob("*")
         if p.is_file() and p.suffix in (".log", ".out", ".err", ".txt", ".json")
     ]
-    for p in logs:
+    # the report: tables, Markdown, HTML
+    report = [p for p in Path(grid["out_dir"]).rglob("*") if p.is_file() and p.suffix != ".png"]
+    assert {p.name for p in report} >= {"report.html", "report.md", "grid_all_cells.csv"}
+    for p in logs + report:
         texts[str(p)] = p.read_text(errors="replace")
-    for where, text in texts.items():
-        for secret in secrets_:
-            assert secret not in text, f"a secret appears in {where}"
+    # MLflow: every run's params and tags, and the experiment's tags
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) >= 14  # the parent and its 13 models
+    texts["MLflow experiment tags"] = json.dumps(exp.tags)
+    for r in runs:
+        texts[f"MLflow params of {r.info.run_name}"] = json.dumps(r.data.params)
+        texts[f"MLflow tags of {r.info.run_name}"] = json.dumps(r.data.tags)
+    # Prefect: flow run parameters and the logs the flow and its tasks sent
+    api = backends_stack.prefect_api_url
+    texts["Prefect flow runs"] = json.dumps(prefect_api("POST", f"{api}/flow_runs/filter", {}))
+    prefect_logs = prefect_api("POST", f"{api}/logs/filter", {"limit": 200})
+    assert prefect_logs, "the grid sent Prefect no logs?"
+    texts["Prefect logs"] = json.dumps(prefect_logs)
+    _secret_free(texts, secrets_)
     # the addresses and storage shown to users are redacted too
     shown = json.dumps(backends_stack.addresses()) + json.dumps(backends_stack.storage())
     assert all(s not in shown for s in secrets_)
@@ -490,3 +517,65 @@ def test_no_secret_in_logs_or_output(backends_stack, grid, moto_s3):
     env_vars = backends_stack.ray_runtime_env()["env_vars"]
     assert "AWS_SECRET_ACCESS_KEY" not in env_vars
     assert all(s not in json.dumps(env_vars) for s in secrets_)
+
+
+@pytest.mark.integration
+def test_no_secret_in_error_messages(moto_s3, tmp_path):
+    """Commands that fail on a credential-bearing setting say why in one line, without the
+    credential: on screen, and in every file they wrote."""
+    from skinadv.stack.process import free_ports
+
+    (closed,) = free_ports(1)
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAY_ADDRESS")
+    }
+    base |= {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": moto_s3.secret_key}
+    cases = {
+        # a tracking server given with a password in its URL, which does not answer
+        "grid, MLflow unreachable": (
+            ["grid", "--data", "synthetic:50"],
+            {"MLFLOW_TRACKING_URI": f"http://skinadv:{DB_PASSWORD}@127.0.0.1:{closed}"},
+        ),
+        # a backend store MLflow cannot open (a driver SQLAlchemy does not have): the
+        # server exits while starting, and the error line quotes its log
+        "report, MLflow backend unusable": (
+            ["report"],
+            {
+                "SKINADV_MLFLOW_BACKEND_URI": (
+                    f"postgresql+nosuchdriver://mlflow:{DB_PASSWORD}@127.0.0.1:{closed}/mlflow"
+                )
+            },
+        ),
+        # an artifact bucket that does not exist, with S3 keys in the environment
+        "report, no such bucket": (
+            ["report"],
+            {
+                "SKINADV_MLFLOW_BACKEND_URI": (
+                    f"postgresql://mlflow:{DB_PASSWORD}@127.0.0.1:{closed}/mlflow"
+                ),
+                "SKINADV_MLFLOW_ARTIFACTS": "s3://no-such-bucket/mlflow",
+                "MLFLOW_S3_ENDPOINT_URL": moto_s3.endpoint,
+            },
+        ),
+    }
+    for what, (args, env) in cases.items():
+        run_dir = tmp_path / what.replace(" ", "_").replace(",", "")
+        proc = subprocess.run(
+            [sys.executable, "-m", "skinadv.cli", *args, "--run-dir", str(run_dir)],
+            env={**base, **env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0, (what, output)
+        assert "Traceback" not in output, (what, output)
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1, (what, output)
+        texts = {f"{what}: output": output}
+        for p in run_dir.rglob("*") if run_dir.exists() else []:
+            if p.is_file():
+                texts[f"{what}: {p}"] = p.read_text(errors="replace")
+        _secret_free(texts, [moto_s3.secret_key, DB_PASSWORD])

@@ -445,9 +445,11 @@ def test_worker_env_is_the_listed_settings_that_are_set(monkeypatch: pytest.Monk
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "")  # empty: not forwarded
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "9")  # MLflow's client retries
     assert worker_env() == {
         "SKINADV_HAM10000": "/data/ham10000",
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "9",
     }
     assert not [k for k in WORKER_ENV_VARS if any(s in k for s in ("SECRET", "KEY", "TOKEN"))]
 
