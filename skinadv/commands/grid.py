@@ -304,13 +304,16 @@ def grid(
         raise typer.Exit(code) from None
     except Exception as exc:  # the flow failed; the tracebacks are in the log file
         where = f" (details: {log_file})" if not verbose else ""
-        if _free_mb(run_dir) < FULL_MB:
-            raise fail(
-                f"the disk of the run folder {run_dir} is full ({_free_mb(run_dir):.0f} MB "
-                f"free): free some space, then rerun the same command to resume (finished "
-                f"models are reused){where}",
-                1,
-            ) from None
+        # the run folder, and the folder this machine's Ray node keeps weights in
+        node_dir = Path(os.environ.get("SKINADV_NODE_DIR") or run_dir / "node")
+        for name, folder in (("run folder", run_dir), ("Ray node folder", node_dir)):
+            if _free_mb(folder) < FULL_MB:
+                raise fail(
+                    f"the disk of the {name} {folder} is full ({_free_mb(folder):.0f} MB "
+                    f"free): free some space, then rerun the same command to resume "
+                    f"(finished models are reused){where}",
+                    1,
+                ) from None
         if tracking_uri and not reachable(f"{tracking_uri}/health", timeout_s=10):
             raise fail(
                 f"the MLflow tracking server at {redact(tracking_uri)} stopped answering "

@@ -375,6 +375,7 @@ class Stack:
                 self._saved_env.setdefault(key, os.environ.get(key))
                 os.environ[key] = value
         prefect_server.refresh_settings()
+        ray_head.forget_cached_token()
 
     def _restore_env(self) -> None:
         for key, value in self._saved_env.items():

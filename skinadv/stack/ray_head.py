@@ -17,6 +17,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -64,6 +65,23 @@ def auth_env(temp_dir: Path) -> Env:
     ``temp_dir/auth_token`` (mode 0600), and the environment that makes Ray use it."""
     path = write_private(temp_dir / "auth_token", secrets.token_hex(32))
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
+
+
+def forget_cached_token() -> None:
+    """Make this process read Ray's authentication settings afresh: Ray caches the mode
+    (in its config) and the token it first read, once per process, so a driver that meets
+    a second head (another stack, a test's cluster) after ``RAY_AUTH_*`` changed would
+    still send the first head's token, or none, and be refused. A no-op while Ray is not
+    imported or is connected (its config must not change under a running worker)."""
+    ray = sys.modules.get("ray")
+    if ray is None or ray.is_initialized():
+        return
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # a Ray without token authentication
+        return
+    Config.initialize("")  # the config first: the loader reads the mode from it
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def command(

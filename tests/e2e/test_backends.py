@@ -407,7 +407,7 @@ def test_models_and_reports_are_objects_in_the_bucket(backends_stack, grid, moto
 @pytest.mark.integration
 def test_models_load_back_from_s3(backends_stack, grid, tmp_path):
     """Weights downloaded from the bucket load with weights_only=True and equal the ones the
-    task saved in its work folder."""
+    task saved in its Ray node's own folder (the stack's head: RUN/node)."""
     import torch
 
     from skinadv import tracking
@@ -415,11 +415,11 @@ def test_models_load_back_from_s3(backends_stack, grid, tmp_path):
 
     runs = _child_runs(grid["parent_run_id"])
     x = torch.rand(4, 3, 28, 28)
-    models = Path(grid["_run_dir"], "work", "models")
+    node = backends_stack.run_dir / "node" / "runs"
     for r in runs[:3]:  # each load is a download through the server from the bucket
         weights = tracking.download_weights(r.info.run_id, tmp_path / r.info.run_id)
         plain, meta = load_model(weights)  # torch.load(weights_only=True)
-        local, _ = load_model(models / weights.name)
+        local, _ = load_model(node / r.info.run_id / tracking.WEIGHTS_DIR / weights.name)
         assert meta["config_hash"] == r.data.params["config_hash"]
         with torch.no_grad():
             assert torch.equal(plain(x), local(x))

@@ -22,6 +22,9 @@ def ray_tmp(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("RAY_TMPDIR", str(temp))
     for k, v in ray_head.auth_env(temp).items():
         monkeypatch.setenv(k, v)
+    ray_head.forget_cached_token()  # an earlier test's Ray may have cached its own token
     yield temp / "ray"
+    monkeypatch.undo()
+    ray_head.forget_cached_token()
     if made is not None:
         ray_head.remove_temp_dir(tmp_path / "ray-run", made)

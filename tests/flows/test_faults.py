@@ -472,23 +472,22 @@ def test_a_port_taken_before_a_service_binds_it(tmp_path, monkeypatch):
     assert process.session_pids(stack.services["mlflow"].process.pid) == []
 
 
-def test_disk_full_mid_grid(real_npz, tmpfs):
-    """The run folder on a 14 MB tmpfs, the start-up check lowered so the grid starts: the
-    services fit, the work folder fills up. The grid stops with one line saying the disk
-    is full (exit 1); no run is left RUNNING, no temporary file is left behind and every
-    file written is whole. MLflow's client retries are few: its server answers 500 when its
-    SQLite cannot grow, which MLflow's client retries for minutes by default."""
+def test_disk_full_mid_grid(real_npz, tmpfs, tmp_path):
+    """The folder where this machine's Ray node keeps its tasks' files (SKINADV_NODE_DIR:
+    weights, transfer sets) on a 1 MB tmpfs: the services start, the first model's files
+    fill it up. The grid stops with one line saying that disk is full (exit 1); no run is
+    left RUNNING, no temporary file is left behind and every file written is whole."""
     import numpy as np
 
     from skinadv.models import load_model
 
-    mnt = tmpfs("size=14m")
-    env = _env(SKINADV_MIN_FREE_MB="0", MLFLOW_HTTP_REQUEST_MAX_RETRIES="1")
-    proc = run_grid(mnt / "run", real_npz, env)
-    fails_in_one_line(proc, f"the disk of the run folder {mnt / 'run'} is full", "rerun")
-    assert running(runs(mnt / "run", "faults-start")) == []
-    assert [p for p in files_under(mnt) if p.name.endswith(".tmp")] == []
-    for p in files_under(mnt / "run" / "work"):
+    node = tmpfs("size=1m") / "node"
+    env = _env(SKINADV_NODE_DIR=str(node), MLFLOW_HTTP_REQUEST_MAX_RETRIES="1")
+    proc = run_grid(tmp_path / "run", real_npz, env)
+    fails_in_one_line(proc, f"the disk of the Ray node folder {node} is full", "rerun")
+    assert running(runs(tmp_path / "run", "faults-start")) == []
+    assert [p for p in files_under(node) if p.name.endswith(".tmp")] == []
+    for p in files_under(node):
         if p.suffix == ".npz":
             with np.load(p) as z:
                 assert all(z[k].size for k in z.files), p
