@@ -215,7 +215,7 @@ def kill_interrupted(experiment: str, *, reason: str, wait_s: float = 10.0) -> l
         )
         deadline = time.monotonic() + wait_s
         for run in running:
-            owner_host, _, pid = run.data.tags.get(TAG_WORKER, "").rpartition(":")
+            owner_host, pid = _owner(run)
             while owner_host == host and _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.2)
         killed += _kill(experiment, where, reason)
@@ -230,16 +230,21 @@ def kill_orphans(experiment: str, *, reason: str) -> list[str]:
     if exp is None:
         return []
     host = socket.gethostname()
-    killed = []
-    for run in client().search_runs(
+    running = client().search_runs(
         [exp.experiment_id], filter_string="attributes.status = 'RUNNING'"
-    ):
-        owner_host, _, pid = run.data.tags.get(TAG_WORKER, "").rpartition(":")
-        if owner_host == host and not _alive(pid):
-            fail_run(run.info.run_id, reason, status="KILLED")
-            log.info("marked run %s (%s) KILLED: %s", run.info.run_id, run.info.run_name, reason)
-            killed.append(run.info.run_id)
-    return killed
+    )
+
+    def orphaned(run) -> bool:
+        owner_host, pid = _owner(run)
+        return owner_host == host and not _alive(pid)
+
+    return _mark_killed([r for r in running if orphaned(r)], reason)
+
+
+def _owner(run) -> tuple[str, str]:
+    """(host, pid) of the process that owns ``run`` (its ``skinadv.worker`` tag)."""
+    owner_host, _, pid = run.data.tags.get(TAG_WORKER, "").rpartition(":")
+    return owner_host, pid
 
 
 def _alive(pid: str) -> bool:
@@ -259,6 +264,11 @@ def _kill(experiment: str, where: str, reason: str) -> list[str]:
     runs = client().search_runs(
         [exp.experiment_id], filter_string=f"{where} and attributes.status = 'RUNNING'"
     )
+    return _mark_killed(runs, reason)
+
+
+def _mark_killed(runs, reason: str) -> list[str]:
+    """End each run KILLED with ``reason``; returns their ids."""
     for run in runs:
         fail_run(run.info.run_id, reason, status="KILLED")
         log.info("marked run %s (%s) KILLED: %s", run.info.run_id, run.info.run_name, reason)
