@@ -116,9 +116,10 @@ def _train_and_score(
     """Train, score both protocols and log, inside one MLflow run this function owns.
 
     The vanilla model (``method`` None, no ``vanilla``) also crafts the transfer sets from
-    itself and the sanity sweeps; other models are scored on ``vanilla``'s transfer sets. A
-    ``defence`` trains on the fly (its ``method`` is the defence's). The weights and transfer
-    sets are written to this node's folder under the run's id, then logged to the run."""
+    itself and, for the first seed only (the report reads one vanilla's), the sanity sweeps;
+    other models are scored on ``vanilla``'s transfer sets. A ``defence`` trains on the fly
+    (its ``method`` is the defence's). The weights and transfer sets are written to this
+    node's folder under the run's id, then logged to the run."""
     cell = defence.name if defence is not None else cell_name(method, fraction)
     kind = "vanilla" if method is None else "defence" if defence is not None else "cell"
     stale = tracking.kill_stale(grid.experiment, config_hash, reason="attempt died; retried")
@@ -154,7 +155,8 @@ def _train_and_score(
             sets = exp.transfer_sets(cfg, trained.model, test, seed=seed, progress=False, val=val)
             transfer = store.run_dir(run_id, tracking.TRANSFER_DIR) / f"transfer-{config_hash}.npz"
             atomic_write_npz(transfer, compress=False, **sets)
-            payload["sweeps"] = exp.sanity_sweeps(cfg, trained.model, test, seed=seed)
+            if seed == cfg.seeds[0]:  # the report's sanity checks read one vanilla's sweeps
+                payload["sweeps"] = exp.sanity_sweeps(cfg, trained.model, test, seed=seed)
         else:
             sets = store.transfer_sets(vanilla.run_id)
         tracking.set_stage(run_id, "scoring")
@@ -443,13 +445,23 @@ def gather(
     from skinadv.report import build_report, save_report
 
     results = [m.result for m in models]
-    vanilla = next((m for m in models if m.result.is_vanilla), None)
+    vanillas = sorted(
+        (m for m in models if m.result.is_vanilla),
+        key=lambda m: m.result.seed != cfg.seeds[0],  # the first seed's has the sweeps
+    )
     sweeps, examples = None, []
-    if vanilla is not None:
-        _, sweeps = tracking.load_result(vanilla.run_id)
+    for m in vanillas:
+        _, sweeps = tracking.load_result(m.run_id)
+        if sweeps:
+            break
+    if vanillas:
+        vanilla = vanillas[0]
         model, _ = load_model(store.weights(vanilla.run_id))
+        test = data.load("test")
         sets = store.transfer_sets(vanilla.run_id)
-        examples = exp.pick_examples(model, data.load("test"), sets)
+        examples = exp.pick_examples(model, test, sets)
+        if not sweeps:  # the first seed's vanilla reused from a grid that ran other seeds
+            sweeps = exp.sanity_sweeps(cfg, model, test, seed=vanilla.result.seed)
     checks = sanity_checks(results, sweeps)
     report = build_report(
         results,

@@ -289,6 +289,24 @@ def test_three_seeds_give_three_runs_per_cell_and_the_table_aggregates_them(harn
         low, high = st.t.interval(0.95, 2, loc=sum(x) / 3, scale=st.sem(x))
         assert [row[key + "_ci_low"], row[key + "_ci_high"]] == pytest.approx([low, high])
     assert_nothing_running("f-seeds")
+    # the sanity sweeps are crafted once, on the first seed's vanilla model: the report's
+    # checks read one vanilla's sweeps
+    swept = {
+        r.seed: tracking.load_result(r.run_id)[1] is not None for r in out.results if r.is_vanilla
+    }
+    assert swept == {0: True, 1: False, 2: False}
+    sweep_checks = {"more steps never help", "more restarts never help"}
+    assert sweep_checks <= {c.name for c in out.checks}
+    # a grid of other seeds reuses vanillas without sweeps: its gather crafts them itself
+    again = run(
+        harness,
+        "f-seeds",
+        methods=["fgsm"],
+        fractions=[1.0],
+        overrides=[o for o in overrides if not o.startswith("seeds=")] + ["seeds=[2, 1]"],
+    )
+    assert again.trained == [] and len(again.reused) == 4
+    assert sweep_checks <= {c.name for c in again.checks}
 
 
 def test_a_grid_at_another_image_size_keeps_that_size(harness):
