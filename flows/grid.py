@@ -1,6 +1,7 @@
 """The grid flow, as the paper's method: prepare the data, train the vanilla model, craft one
-adversarial pool per method from it, train and score every (method, fraction) cell, gather
-the report. The science is in skinadv; reuse, MLflow runs and logging are in tasks/.
+adversarial pool per method from it (the mix pool composed from the fgsm and pgd pools when
+the grid has them), train and score every (method, fraction) cell, gather the report. The
+science is in skinadv; reuse, MLflow runs and logging are in tasks/.
 
 Import this module only after ``PREFECT_API_URL`` is in the environment (skinadv.stack
 does that): Prefect reads its settings at import.
@@ -32,6 +33,7 @@ from skinadv.data.sources import absolute_spec
 from skinadv.evaluation.checks import Check
 from skinadv.results import ModelResult
 from skinadv.stack import worker_env
+from skinadv.training import composes_mix
 from tasks.grid import (
     craft_pool,
     gather,
@@ -119,7 +121,19 @@ def grid_flow(params: GridParams = GridParams()) -> GridOutcome:  # noqa: B008
                 pools = {
                     m: craft_pool.submit(cfg, data, vanilla, method=m, seed=seed, grid=grid)
                     for m in sorted(cfg.methods, key=POOL_COST_ORDER.index)
+                    if exp.pool_recipe(cfg.methods, m) is None
                 }
+                if composes_mix(cfg.methods):  # mix's rows from the fgsm and pgd pools
+                    pools["mix"] = craft_pool.submit(
+                        cfg,
+                        data,
+                        vanilla,
+                        method="mix",
+                        seed=seed,
+                        grid=grid,
+                        fgsm=pools["fgsm"],
+                        pgd=pools["pgd"],
+                    )
                 models[model_label(None, None, seed)] = vanilla
                 for m, f in itertools.product(cfg.methods, cfg.fractions):
                     models[model_label(m, f, seed)] = train_cell.submit(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ from skinadv.evaluation.robust import robust_curve
 from skinadv.evaluation.targeted import targeted_success
 from skinadv.report import Example
 from skinadv.results import VAL, Evaluation, ModelResult, RobustPoint, TargetedPoint, cell_name
-from skinadv.training import TrainResult, fit
+from skinadv.training import MIX_FROM_POOLS, TrainResult, composes_mix, fit
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +65,30 @@ def cell_hash(
     fraction: float,
     seed: int,
     max_fraction: float,
+    *,
+    pool_recipe: str | None = None,
 ) -> str:
-    """Keys reuse of a cell: its vanilla model's hash, method, fraction, the pool's size."""
-    return config_hash(
-        {
-            "kind": "cell",
-            "vanilla": vanilla,
-            "method": method,
-            "fraction": fraction,
-            "pool_fraction": max_fraction,
-            "seed": seed,
-        }
-    )
+    """Keys reuse of a cell: its vanilla model's hash, method, fraction, the pool's size,
+    and how its pool was made when not crafted by ``adversarial_pool`` (``pool_recipe``:
+    ``MIX_FROM_POOLS`` for a mix pool composed by ``mix_pool``; None keeps the hash of a
+    crafted pool as it always was)."""
+    spec = {
+        "kind": "cell",
+        "vanilla": vanilla,
+        "method": method,
+        "fraction": fraction,
+        "pool_fraction": max_fraction,
+        "seed": seed,
+    }
+    if pool_recipe is not None:  # composed mix pools differ from crafted ones (PGD starts)
+        spec["pool_recipe"] = pool_recipe
+    return config_hash(spec)
+
+
+def pool_recipe(methods: Iterable[str], method: str) -> str | None:
+    """How a grid of ``methods`` makes ``method``'s pool: ``MIX_FROM_POOLS`` for mix when
+    the grid has fgsm and pgd pools to compose it from (``mix_pool``), else None (crafted)."""
+    return MIX_FROM_POOLS if method == "mix" and composes_mix(methods) else None
 
 
 def train_model(

@@ -31,7 +31,7 @@ from skinadv.data.io import atomic_write_npz
 from skinadv.evaluation.checks import Check, sanity_checks
 from skinadv.models import load_model, save_model
 from skinadv.results import ModelResult, cell_name
-from skinadv.training import adversarial_pool, augment
+from skinadv.training import adversarial_pool, augment, mix_pool
 from skinadv.training import prepare_data as prepare_split
 from tasks import resources, store
 from tasks.refs import DataRef, GridRun, Pool, TrainedModel
@@ -242,7 +242,26 @@ def train_vanilla(cfg: ExperimentConfig, data: DataRef, *, seed: int, grid: Grid
 
 def _cell_hash(cfg: ExperimentConfig, vanilla: TrainedModel, method: str, fraction: float) -> str:
     seed = vanilla.result.seed
-    return exp.cell_hash(vanilla.config_hash, cfg, method, fraction, seed, max(cfg.fractions))
+    recipe = exp.pool_recipe(cfg.methods, method)
+    return exp.cell_hash(
+        vanilla.config_hash, cfg, method, fraction, seed, max(cfg.fractions), pool_recipe=recipe
+    )
+
+
+def _craft(cfg: ExperimentConfig, data: DataRef, vanilla: TrainedModel, method: str, seed: int):
+    """``method``'s pool against the vanilla model, for the grid's largest fraction."""
+    model, _ = load_model(store.weights(vanilla.run_id))
+    x, y = data.load("train").to_float()
+    return adversarial_pool(
+        model,
+        x,
+        y,
+        method=method,
+        fraction=max(cfg.fractions),
+        attack_cfg=cfg.attack,
+        seed=seed,
+        progress=False,
+    )
 
 
 @task(
@@ -260,28 +279,31 @@ def craft_pool(
     method: str,
     seed: int,
     grid: GridRun,
+    fgsm: Pool | None = None,
+    pgd: Pool | None = None,
 ) -> State:
     """One method's adversarial pool against the vanilla model, for the largest fraction;
-    skipped when every cell of the method will be reused."""
+    skipped when every cell of the method will be reused. Given the grid's ``fgsm`` and
+    ``pgd`` pools, the mix pool is composed from them (``mix_pool``), not crafted; a source
+    skipped (its own cells reused) is crafted here, so the composition is the same."""
     _use_assigned_resources()
     todo = [
         f for f in cfg.fractions if _reusable(grid, _cell_hash(cfg, vanilla, method, f)) is None
     ]
     if not todo:
         return Completed(data=Pool(method, seed, None), name="Skipped", message="all cells reused")
-    model, _ = load_model(store.weights(vanilla.run_id))
-    x, y = data.load("train").to_float()
-    pool = adversarial_pool(
-        model,
-        x,
-        y,
-        method=method,
-        fraction=max(cfg.fractions),
-        attack_cfg=cfg.attack,
-        seed=seed,
-        progress=False,
-    )
-    return Completed(data=Pool(method, seed, pool), message=f"{len(todo)} cell(s) need it")
+    if fgsm is None and pgd is None:
+        pool = _craft(cfg, data, vanilla, method, seed)
+        return Completed(data=Pool(method, seed, pool), message=f"{len(todo)} cell(s) need it")
+    if method != "mix" or fgsm is None or pgd is None:
+        raise ValueError(f"only a mix pool is composed, from an fgsm and a pgd pool ({method})")
+    src = {
+        p.method: _craft(cfg, data, vanilla, p.method, seed) if p.pool is None else p.pool
+        for p in (fgsm, pgd)
+    }
+    pool = mix_pool(src["fgsm"], src["pgd"], fraction=max(cfg.fractions))
+    msg = f"from the fgsm and pgd pools; {len(todo)} cell(s) need it"
+    return Completed(data=Pool(method, seed, pool), message=msg)
 
 
 def _cell_run_name() -> str:
@@ -333,6 +355,7 @@ def train_cell(
         "n_adversarial": int(len(ya) - len(y)),
         "vanilla_run_id": vanilla.run_id,
         "pool_fraction": adv.fraction,
+        "pool_recipe": exp.pool_recipe(cfg.methods, method) or "crafted",
     }
     model = _train_and_score(
         cfg,

@@ -3,7 +3,8 @@
 Counted from the config alone (nothing runs). One gradient evaluation is one forward and
 backward pass over one image: FGSM costs 1 per image, PGD-k costs k, and a ``mix`` pool
 alternates FGSM and PGD rows (``skinadv.training.pools``), so its first m rows cost
-ceil(m / 2) + k * floor(m / 2).
+ceil(m / 2) + k * floor(m / 2). A grid with fgsm, pgd and mix composes the mix pool from the
+other two (``mix_pool``), so its nested mix pool costs nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from skinadv.training.pools import _n_take  # the pools' own rounding of a fraction
+from skinadv.training.pools import _n_take, composes_mix  # _n_take: the pools' rounding
 
 
 def pool_evals(method: str, n_rows: int, pgd_steps: int) -> int:
@@ -43,25 +44,26 @@ def grid_cost(
         seeds: grids run (each crafts its own pools).
 
     Returns:
-        ``nested_evals``, ``separate_evals`` (every cell crafting its own pool),
-        ``ratio`` = nested / separate, the per-method counts under ``per_method``, and
-        ``ratio_mix_from_pools``: the ratio were the mix pool's rows taken from the FGSM
-        and PGD pools (same seeded rows) instead of crafted again (None without all three).
+        ``nested_evals``: what the grid crafts (one pool per method for the largest fraction;
+        none for mix when it is composed from the fgsm and pgd pools, ``mix_from_pools``);
+        ``separate_evals``: every cell crafting its own pool; ``ratio`` = nested / separate;
+        ``nested_evals_mix_crafted`` and ``ratio_mix_crafted``: the same were the mix pool
+        crafted again; the per-method counts under ``per_method`` (mix's ``nested`` as the
+        grid counts it, 0 when composed, and ``crafted``, its cost if crafted).
     """
     if not methods or not fractions:
         raise ValueError("the grid needs at least one method and one fraction")
     top = max(fractions)
+    from_pools = composes_mix(methods)
     per_method = {}
     for m in methods:
-        nested = pool_evals(m, _n_take(top, n_train), pgd_steps)
-        separate = sum(pool_evals(m, _n_take(f, n_train), pgd_steps) for f in fractions)
-        per_method[m] = {"nested": nested * seeds, "separate": separate * seeds}
+        crafted = pool_evals(m, _n_take(top, n_train), pgd_steps) * seeds
+        separate = sum(pool_evals(m, _n_take(f, n_train), pgd_steps) for f in fractions) * seeds
+        nested = 0 if (m == "mix" and from_pools) else crafted  # mix_pool: rows taken, free
+        per_method[m] = {"nested": nested, "crafted": crafted, "separate": separate}
     nested = sum(v["nested"] for v in per_method.values())
+    crafted = sum(v["crafted"] for v in per_method.values())
     separate = sum(v["separate"] for v in per_method.values())
-    # not done by the grid today: mix's FGSM rows and PGD rows taken from those two pools
-    shared = (
-        nested - per_method["mix"]["nested"] if {"mix", "fgsm", "pgd"} <= set(methods) else None
-    )
     return {
         "methods": list(methods),
         "fractions": list(fractions),
@@ -69,9 +71,11 @@ def grid_cost(
         "pgd_steps": pgd_steps,
         "seeds": seeds,
         "cells": len(methods) * len(fractions) * seeds,
+        "mix_from_pools": from_pools,
         "nested_evals": nested,
         "separate_evals": separate,
         "ratio": nested / separate if separate else None,
-        "ratio_mix_from_pools": None if shared is None else shared / separate,
+        "nested_evals_mix_crafted": crafted,
+        "ratio_mix_crafted": crafted / separate if separate else None,
         "per_method": per_method,
     }

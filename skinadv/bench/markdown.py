@@ -80,8 +80,13 @@ def to_markdown(result: dict[str, Any]) -> str:
         *(f"| {k} | {v['nested']:,} | {v['separate']:,} |" for k, v in g["per_method"].items()),
         f"| **all** | {g['nested_evals']:,} | {g['separate_evals']:,} |",
         "",
-        f"Nested / separate = **{g['ratio']:.3f}** (goal <= 0.35). Were the mix pool's rows "
-        f"taken from the FGSM and PGD pools: {_f(g['ratio_mix_from_pools'], '{:.3f}')}.",
+        f"Nested / separate = **{g['ratio']:.3f}** (goal <= 0.35)"
+        + (
+            f"; the mix pool's rows are taken from the FGSM and PGD pools (crafting it again: "
+            f"{g['nested_evals_mix_crafted']:,}, ratio {g['ratio_mix_crafted']:.3f})."
+            if g["mix_from_pools"]
+            else "."
+        ),
         "",
         "## Ray scaling",
         "",

@@ -26,10 +26,18 @@ from skinadv.training.loop import (
     fit,
     select_device,
 )
-from skinadv.training.pools import AdvPool, adversarial_pool, augment
+from skinadv.training.pools import (
+    MIX_FROM_POOLS,
+    AdvPool,
+    adversarial_pool,
+    augment,
+    composes_mix,
+    mix_pool,
+)
 from skinadv.training.prep import PreparedData, prepare_data, to_arrays
 
 __all__ = [
+    "MIX_FROM_POOLS",
     "AdvPool",
     "BatchLoss",
     "EpochHook",
@@ -40,7 +48,9 @@ __all__ = [
     "TrainResult",
     "adversarial_pool",
     "augment",
+    "composes_mix",
     "fit",
+    "mix_pool",
     "prepare_data",
     "select_device",
     "to_arrays",

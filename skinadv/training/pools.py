@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,89 @@ def adversarial_pool(
         y=y.numpy()[index],
         kinds=kinds,
         attack=used,
+    )
+
+
+#: ``AdvPool.attack`` / cell-hash tag of a mix pool composed by ``mix_pool``, not crafted
+MIX_FROM_POOLS = "fgsm+pgd pools"
+
+
+def composes_mix(methods: Iterable[str]) -> bool:
+    """Whether a grid of ``methods`` takes its mix pool from its fgsm and pgd pools
+    (``mix_pool``) rather than crafting it: only when it has all three."""
+    return {"fgsm", "pgd", "mix"} <= set(methods)
+
+
+def mix_pool(fgsm: AdvPool, pgd: AdvPool, *, fraction: float | None = None) -> AdvPool:
+    """The ``mix`` pool composed from an FGSM pool and a PGD pool: no gradient evaluation.
+
+    Even rows are the FGSM pool's, odd rows the PGD pool's, over the same seeded rows of the
+    training set, so every prefix is half FGSM, half PGD and smaller fractions stay nested
+    prefixes, as with ``adversarial_pool(method="mix")``. FGSM is deterministic, so the even
+    rows are those a crafted mix pool would have (to float rounding); the odd rows differ
+    from a crafted mix pool's only by PGD's random starts, which the PGD pool drew over all
+    its rows rather than over the odd ones.
+
+    Args:
+        fgsm: a pool of ``method="fgsm"``.
+        pgd: a pool of ``method="pgd"`` with the same seed, training set and rows.
+        fraction: in (0, 1], the largest fraction the mix pool must serve; default the
+            smaller of the two pools' fractions.
+
+    Returns:
+        An ``AdvPool`` of ``method="mix"``, round(fraction * n_train) rows; its ``attack``
+        records both attacks' settings and ``source: "fgsm+pgd pools"``.
+
+    Raises:
+        ValueError: the pools are not an fgsm and a pgd pool, differ in seed, training set
+            or rows, or hold less than ``fraction``.
+    """
+    for want, pool in (("fgsm", fgsm), ("pgd", pgd)):
+        if pool.method != want:
+            raise ValueError(f"mix_pool's {want} argument must be a {want} pool, not {pool.method}")
+    if fgsm.seed != pgd.seed:
+        raise ValueError(
+            f"the fgsm pool has seed {fgsm.seed} and the pgd pool seed {pgd.seed}: a mix pool "
+            "takes both from the same seeded rows"
+        )
+    if fgsm.n_train != pgd.n_train:
+        raise ValueError(
+            f"the fgsm pool was crafted from {fgsm.n_train} training examples and the pgd pool "
+            f"from {pgd.n_train}: compose pools of the same training set"
+        )
+    fraction = check_fraction(min(fgsm.fraction, pgd.fraction) if fraction is None else fraction)
+    k = _n_take(fraction, fgsm.n_train)
+    for pool in (fgsm, pgd):
+        if k > len(pool):
+            raise ValueError(
+                f"the {pool.method} pool holds fraction {pool.fraction} ({len(pool)} examples); "
+                f"a mix pool of fraction {fraction} needs {k}"
+            )
+    if not np.array_equal(fgsm.index[:k], pgd.index[:k]):
+        raise ValueError(
+            "the fgsm and pgd pools were drawn from different training rows (index mismatch): "
+            "craft both with adversarial_pool on the same training set and seed"
+        )
+    if not np.array_equal(fgsm.y[:k], pgd.y[:k]):
+        raise ValueError("the fgsm and pgd pools' labels differ: not the same training set")
+    even = np.arange(k) % 2 == 0
+    kinds = np.where(even, "fgsm", "pgd")
+    x_adv = np.where(even[:, None, None, None], fgsm.x_adv[:k], pgd.x_adv[:k])
+    attack: dict[str, Any] = {
+        kind: src.attack[kind]
+        for kind, src in (("fgsm", fgsm), ("pgd", pgd))
+        if (kinds == kind).any() and kind in src.attack
+    }
+    return AdvPool(
+        method="mix",
+        fraction=fraction,
+        seed=fgsm.seed,
+        n_train=fgsm.n_train,
+        index=fgsm.index[:k].copy(),
+        x_adv=x_adv.astype(np.float32, copy=False),
+        y=fgsm.y[:k].copy(),
+        kinds=kinds,
+        attack={**attack, "source": MIX_FROM_POOLS},
     )
 
 

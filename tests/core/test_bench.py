@@ -70,21 +70,57 @@ def test_libraries_agree_on_robust_accuracy(result):
 
 def test_grid_cost_by_hand():
     g = grid_cost(["fgsm", "pgd", "mix"], [0.2, 0.4], n_train=10, pgd_steps=3)
-    # nested: one pool of 4 rows per method; separate: 2 + 4 rows; mix rows alternate
-    assert g["per_method"]["fgsm"] == {"nested": 4, "separate": 6}
-    assert g["per_method"]["pgd"] == {"nested": 12, "separate": 18}
-    assert g["per_method"]["mix"] == {"nested": 2 + 2 * 3, "separate": (1 + 3) + (2 + 2 * 3)}
-    assert (g["nested_evals"], g["separate_evals"]) == (24, 36)
-    assert g["ratio"] == pytest.approx(24 / 36)
-    assert g["ratio_mix_from_pools"] == pytest.approx(16 / 36)
+    # nested: one pool of 4 rows per method, but mix's rows are taken from the fgsm and pgd
+    # pools (free); separate: 2 + 4 rows per method; mix rows alternate
+    assert g["mix_from_pools"] is True
+    assert g["per_method"]["fgsm"] == {"nested": 4, "crafted": 4, "separate": 6}
+    assert g["per_method"]["pgd"] == {"nested": 12, "crafted": 12, "separate": 18}
+    assert g["per_method"]["mix"] == {
+        "nested": 0,
+        "crafted": 2 + 2 * 3,
+        "separate": (1 + 3) + (2 + 2 * 3),
+    }
+    assert (g["nested_evals"], g["separate_evals"]) == (16, 36)
+    assert g["ratio"] == pytest.approx(16 / 36)
+    assert (g["nested_evals_mix_crafted"], g["ratio_mix_crafted"]) == (24, pytest.approx(24 / 36))
     assert grid_cost(["pgd"], [0.5], n_train=10, pgd_steps=3, seeds=3)["nested_evals"] == 45
+
+
+@pytest.mark.parametrize("methods", [["mix"], ["fgsm", "mix"], ["pgd", "mix"]])
+def test_grid_cost_crafts_mix_without_both_sources(methods):
+    """Without both an fgsm and a pgd pool to take its rows from, mix is crafted."""
+    g = grid_cost(methods, [0.2, 0.4], n_train=10, pgd_steps=3)
+    assert g["mix_from_pools"] is False
+    assert g["per_method"]["mix"]["nested"] == 2 + 2 * 3
+    assert (
+        g["nested_evals"] == g["nested_evals_mix_crafted"] and g["ratio"] == g["ratio_mix_crafted"]
+    )
 
 
 def test_grid_cost_of_the_quick_preset():
     cfg = load_preset("quick")
-    g = grid_cost(cfg.methods, cfg.fractions, n_train=10_000, pgd_steps=cfg.attack.pgd.steps)
-    # nested crafts round(0.8 n) rows per method, separate round(f n) for each f: 0.8 / 2.0
-    assert g["cells"] == 12 and g["ratio"] == pytest.approx(0.8 / 2.0)
+    n, steps = 10_000, cfg.attack.pgd.steps
+    g = grid_cost(cfg.methods, cfg.fractions, n_train=n, pgd_steps=steps)
+    assert sorted(cfg.methods) == ["fgsm", "mix", "pgd"] and g["cells"] == 12
+    # by hand: FGSM costs 1 per row, PGD `steps`, mix half each; nested crafts fgsm and pgd
+    # once for the largest fraction (mix is free), separate every (method, fraction) alone
+    per_row = 1 + steps + (1 + steps) / 2  # fgsm + pgd + mix, for an even row count
+    separate = sum(round(f * n) for f in cfg.fractions) * per_row
+    nested = round(max(cfg.fractions) * n) * (1 + steps)
+    assert g["separate_evals"] == separate and g["nested_evals"] == nested
+    assert g["ratio"] == pytest.approx(nested / separate)
+    # fractions 0.2 ... 0.8: 0.8 (1 + steps) / (2.0 * 1.5 (1 + steps)) = 0.267 for any steps
+    assert g["ratio"] == pytest.approx(0.8 / 3.0) and g["ratio"] <= 0.35
+    # crafting mix again, every method costs 0.8 / 2.0 of its separate pools
+    assert g["ratio_mix_crafted"] == pytest.approx(0.8 / 2.0)
+
+
+def test_grid_cost_in_the_markdown(result):
+    md = to_markdown(result)
+    g = result["grid_cost"]
+    assert f"**{g['ratio']:.3f}**" in md
+    if g["mix_from_pools"]:
+        assert f"ratio {g['ratio_mix_crafted']:.3f}" in md
 
 
 def test_mix_count_matches_the_pool(tiny_trained, tiny_split):

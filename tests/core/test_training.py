@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from skinadv.config import AttackConfig, DataConfig, FGSMConfig, ModelConfig, PGDConfig, TrainConfig
+from skinadv.config import (
+    AttackConfig,
+    DataConfig,
+    FGSMConfig,
+    ModelConfig,
+    PGDConfig,
+    TrainConfig,
+    load_preset,
+)
 from skinadv.training import (
+    MIX_FROM_POOLS,
     AdvPool,
     EpochStats,
     adversarial_pool,
     augment,
     fit,
+    mix_pool,
     prepare_data,
     select_device,
 )
@@ -95,7 +107,7 @@ def test_prepare_data_split_and_oversample(real_ds):
 @pytest.fixture(scope="module")
 def pools(tiny_trained, small_train):
     x, y = small_train
-    return {
+    out = {
         m: adversarial_pool(
             tiny_trained.model,
             x,
@@ -108,9 +120,11 @@ def pools(tiny_trained, small_train):
         )
         for m in ("fgsm", "pgd", "mix")
     }
+    out["mix_pool"] = mix_pool(out["fgsm"], out["pgd"])  # the grid's mix: composed
+    return out
 
 
-@pytest.mark.parametrize("method", ["fgsm", "pgd", "mix"])
+@pytest.mark.parametrize("method", ["fgsm", "pgd", "mix", "mix_pool"])
 @pytest.mark.parametrize("fraction", [0.2, 0.4, 0.6, 0.8])
 def test_augment_adds_round_fraction_n(pools, small_train, method, fraction):
     x, y = small_train
@@ -121,7 +135,7 @@ def test_augment_adds_round_fraction_n(pools, small_train, method, fraction):
     assert np.array_equal(ya[203:], y[pools[method].indices(fraction)])
 
 
-@pytest.mark.parametrize("method", ["fgsm", "pgd", "mix"])
+@pytest.mark.parametrize("method", ["fgsm", "pgd", "mix", "mix_pool"])
 def test_pools_are_nested_and_within_budget(pools, small_train, method):
     x, _ = small_train
     pool = pools[method]
@@ -139,8 +153,9 @@ def test_pools_are_nested_and_within_budget(pools, small_train, method):
     assert pool.x_adv.min() >= 0 and pool.x_adv.max() <= 1
 
 
-def test_mix_is_half_and_half_in_every_prefix(pools):
-    pool = pools["mix"]
+@pytest.mark.parametrize("method", ["mix", "mix_pool"])
+def test_mix_is_half_and_half_in_every_prefix(pools, method):
+    pool = pools[method]
     for f in (0.2, 0.4, 0.6, 0.8):
         kinds = pool.kinds[: len(pool.indices(f))]
         assert abs(int((kinds == "fgsm").sum()) - int((kinds == "pgd").sum())) <= 1
@@ -161,6 +176,80 @@ def test_pool_same_seed_same_examples(tiny_trained, small_train, pools):
     )
     assert np.array_equal(again.index, pools["pgd"].index)
     assert np.array_equal(again.x_adv, pools["pgd"].x_adv)
+
+
+def test_mix_pool_takes_the_fgsm_and_pgd_pools_rows(pools):
+    fgsm, pgd, crafted, mix = pools["fgsm"], pools["pgd"], pools["mix"], pools["mix_pool"]
+    assert (mix.method, mix.fraction, mix.seed, mix.n_train, len(mix)) == ("mix", 0.8, 3, 203, 162)
+    # the same seeded rows and kinds as a crafted mix pool
+    assert np.array_equal(mix.index, crafted.index) and np.array_equal(mix.index, fgsm.index)
+    assert np.array_equal(mix.y, crafted.y) and list(mix.kinds) == list(crafted.kinds)
+    even, odd = mix.kinds == "fgsm", mix.kinds == "pgd"
+    assert even[::2].all() and odd[1::2].all()
+    assert np.array_equal(mix.x_adv[even], fgsm.x_adv[even])
+    assert np.array_equal(mix.x_adv[odd], pgd.x_adv[odd])
+    # FGSM is deterministic: the crafted mix pool's FGSM rows (to float rounding, which may
+    # flip the sign of a near-zero gradient on a rare pixel); PGD's random starts differ
+    same = np.isclose(mix.x_adv[even], crafted.x_adv[even], atol=1e-6)
+    assert same.mean() > 0.999
+    assert not np.allclose(mix.x_adv[odd], crafted.x_adv[odd], atol=1e-3)
+    assert mix.attack == {**crafted.attack, "source": MIX_FROM_POOLS}
+
+
+def test_mix_pool_for_a_smaller_fraction_is_a_prefix(pools):
+    small = mix_pool(pools["fgsm"], pools["pgd"], fraction=0.4)
+    k = round(0.4 * 203)
+    assert small.fraction == 0.4 and len(small) == k
+    assert np.array_equal(small.index, pools["mix_pool"].index[:k])
+    assert np.array_equal(small.x_adv, pools["mix_pool"].x_adv[:k])
+    one = mix_pool(pools["fgsm"], pools["pgd"], fraction=0.004)  # a single (FGSM) row
+    assert list(one.kinds) == ["fgsm"] and set(one.attack) == {"fgsm", "source"}
+
+
+def test_mix_pool_refuses_pools_that_do_not_match(pools):
+    fgsm, pgd = pools["fgsm"], pools["pgd"]
+    with pytest.raises(ValueError, match="fgsm argument must be a fgsm pool, not pgd"):
+        mix_pool(pgd, fgsm)
+    with pytest.raises(ValueError, match="pgd argument must be a pgd pool, not mix"):
+        mix_pool(fgsm, pools["mix"])
+    with pytest.raises(ValueError, match="seed 3 and the pgd pool seed 4"):
+        mix_pool(fgsm, dataclasses.replace(pgd, seed=4))
+    with pytest.raises(ValueError, match="from 203 training examples and the pgd pool from 300"):
+        mix_pool(fgsm, dataclasses.replace(pgd, n_train=300))
+    with pytest.raises(
+        ValueError,
+        match=r"fgsm pool holds fraction 0.8 \(162 examples\); a mix pool of fraction 0.9 needs",
+    ):
+        mix_pool(fgsm, pgd, fraction=0.9)
+    k = round(0.4 * 203)
+    half = dataclasses.replace(
+        fgsm, fraction=0.4, index=fgsm.index[:k], x_adv=fgsm.x_adv[:k], y=fgsm.y[:k]
+    )
+    with pytest.raises(ValueError, match=r"fgsm pool holds fraction 0.4 \(81 examples\)"):
+        mix_pool(half, pgd, fraction=0.8)
+    assert len(mix_pool(half, pgd)) == k  # by default, the smaller pool's fraction
+    shuffled = dataclasses.replace(pgd, index=pgd.index[::-1].copy())
+    with pytest.raises(ValueError, match="index mismatch"):
+        mix_pool(fgsm, shuffled)
+    with pytest.raises(ValueError, match="labels differ"):
+        mix_pool(fgsm, dataclasses.replace(pgd, y=(pgd.y + 1) % 7))
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+        mix_pool(fgsm, pgd, fraction=0.0)
+
+
+def test_a_composed_mix_pool_keys_its_cells_apart():
+    """Cells trained on a composed mix pool (other PGD starts) are not reused as crafted
+    ones, nor the other way round; crafted pools keep the hash they always had."""
+    from skinadv import experiment as exp
+
+    cfg = load_preset("quick")
+    args = ("v" * 16, cfg, "mix", 0.4, 0, 0.8)
+    recipe = exp.pool_recipe(["fgsm", "pgd", "mix"], "mix")
+    assert recipe == MIX_FROM_POOLS
+    assert exp.cell_hash(*args, pool_recipe=recipe) != exp.cell_hash(*args)
+    assert exp.pool_recipe(["pgd", "mix"], "mix") is None
+    assert exp.pool_recipe(["fgsm", "pgd", "mix"], "pgd") is None
+    assert exp.cell_hash(*args) == exp.cell_hash(*args, pool_recipe=None)
 
 
 def test_pool_save_load(pools, tmp_path):

@@ -323,3 +323,53 @@ def test_a_grid_at_another_image_size_keeps_that_size(harness):
     shapes = {k: v.shape[-2:] for k, v in sets.items() if v.ndim == 4}
     assert shapes and set(shapes.values()) == {(16, 16)}, shapes
     assert sorted(out.trained) == ["fgsm@1 s0", "vanilla s0"]
+
+
+def test_the_mix_pool_is_composed_from_the_fgsm_and_pgd_pools(harness, monkeypatch):
+    """With fgsm, pgd and mix in the grid, only the fgsm and pgd pools are crafted and the
+    mix cells train on ``mix_pool`` of those two; a rerun where the fgsm and pgd cells are
+    reused (their pools skipped) but a mix cell is not crafts the sources again and gives
+    the mix cell the same pool, so the mix cells' config hash keeps its meaning."""
+    import mlflow
+    import numpy as np
+
+    import tasks.grid as tg
+    from skinadv.training import MIX_FROM_POOLS, mix_pool
+
+    crafted: list[str] = []
+    used: dict[str, list] = {}
+    real_craft, real_augment = tg.adversarial_pool, tg.augment
+
+    def craft(*args, method, **kw):
+        crafted.append(method)
+        return real_craft(*args, method=method, **kw)
+
+    def augment(x, y, pool, fraction):
+        used.setdefault(pool.method, []).append(pool)
+        return real_augment(x, y, pool, fraction)
+
+    monkeypatch.setattr(tg, "adversarial_pool", craft)
+    monkeypatch.setattr(tg, "augment", augment)
+    methods = ["fgsm", "pgd", "mix"]
+    out = run(harness, "f-mix", methods=methods, fractions=[1.0])
+    assert sorted(out.trained) == sorted(f"{c} s0" for c in ("vanilla", "fgsm@1", "pgd@1", "mix@1"))
+    assert sorted(crafted) == ["fgsm", "pgd"]  # no mix pool crafted
+    (fgsm,), (pgd,), (mix,) = used["fgsm"], used["pgd"], used["mix"]
+    want = mix_pool(fgsm, pgd)
+    assert np.array_equal(mix.index, want.index) and np.array_equal(mix.x_adv, want.x_adv)
+    assert list(mix.kinds) == list(want.kinds) and mix.attack["source"] == MIX_FROM_POOLS
+    c = mlflow.MlflowClient()
+    by_cell = {r.cell: c.get_run(r.run_id) for r in out.results}
+    assert by_cell["mix@1"].data.params["pool_recipe"] == MIX_FROM_POOLS
+    assert by_cell["fgsm@1"].data.params["pool_recipe"] == "crafted"
+
+    # the mix cell's run is incomplete (a failed attempt): only it is trained again, and the
+    # fgsm and pgd pools it needs are crafted although their own cells are reused
+    c.set_tag(by_cell["mix@1"].info.run_id, tracking.TAG_COMPLETE, "false")
+    crafted.clear()
+    used.clear()
+    again = run(harness, "f-mix", methods=methods, fractions=[1.0])
+    assert again.trained == ["mix@1 s0"] and len(again.reused) == 3
+    assert sorted(crafted) == ["fgsm", "pgd"] and list(used) == ["mix"]
+    assert np.array_equal(used["mix"][0].x_adv, mix.x_adv)
+    assert_nothing_running("f-mix")
