@@ -216,3 +216,37 @@ def test_attack_copy_is_the_same_function(tiny_trained, tiny_test):
         assert attack_copy(model) is model  # BatchNorm cannot be folded in train mode
     finally:
         model.eval()
+
+
+def test_attack_copy_leaves_models_in_other_threads_alone(tiny_trained, tiny_test):
+    """Making attack copies while another thread trains or scores a model (the thread-pool
+    task runner runs a pool's crafting beside a cell's training): no error in either. An
+    fx-traced fold patched ``nn.Module.__call__`` process-wide and broke the other thread's
+    forward passes with ``NameError: module is not installed as a submodule``."""
+    import threading
+
+    from skinadv.attacks._common import attack_copy
+    from skinadv.models import paper_cnn
+
+    model = tiny_trained.model.eval()
+    other = paper_cnn(width=4)
+    x = tiny_test[0][:8]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def forward_loop() -> None:
+        try:
+            while not stop.is_set():
+                other(x)
+        except BaseException as exc:  # noqa: BLE001 - what the other thread saw
+            errors.append(exc)
+
+    t = threading.Thread(target=forward_loop)
+    t.start()
+    try:
+        for _ in range(200):
+            attack_copy(model)
+    finally:
+        stop.set()
+        t.join()
+    assert errors == []
