@@ -93,36 +93,58 @@ def _not_run(part: dict[str, Any]) -> list[str]:
     return [part.get("status", "not run (pass --ray)"), ""]
 
 
+def _runs_rows(how: str, runs: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for r in runs:
+        c = r["task_compute_s"]
+        rows.append(
+            f"| {how} | {r['workers']} | {r['cells']} | {r['wall_s']:.1f} | "
+            f"{r['cells_per_min']:.1f} | {c['median']:.2f} ({c['min']:.2f}-{c['max']:.2f}) | "
+            f"{r['task_cpu_s']['median']:.2f} | {r['busy_share']:.2f} | {r['cores_used']:.2f} | "
+            f"{r['max_concurrent']} |"
+        )
+    return rows
+
+
+def _efficiency(how: str, part: dict[str, Any]) -> str:
+    return (
+        f"{how}: parallel efficiency **{_f(part['efficiency'], '{:.2f}')}**; a cell beside "
+        f"another takes {_f(part['contention'], '{:.2f}x')} its wall time alone and "
+        f"{_f(part.get('cpu_contention'), '{:.2f}x')} its CPU time."
+    )
+
+
 def ray_section(ray: dict[str, Any]) -> list[str]:
-    """Cells per minute on 1 vs 2 Ray workers, and the parallel efficiency."""
+    """Cells per minute on 1 vs 2 Ray workers (and plain processes), and the efficiency."""
     out = ["## Ray scaling", ""]
     if "runs" not in ray:
         return out + _not_run(ray)
     s = ray["settings"]
+    procs = ray.get("processes", {})
     out += [
         f"{s['cells']} identical cells per run, each a fresh paper CNN width {s['width']} "
         f"trained {s['epochs']} epoch(s) on the same {ray['images']} real images (batch "
         f"{s['batch_size']}, 1 torch thread a cell: the task's Ray CPUs), data put in Ray's "
         f"object store once, workers warmed up first. One Ray head with {s['head_cpus']} "
-        "CPUs; K workers = at most K cells in flight. Task compute is timed inside each task.",
+        "CPUs; K workers = at most K cells in flight. Task compute is timed inside each task. "
+        "Processes: the same cells in a pool of plain processes (no Ray, same nice), run "
+        "first.",
         "",
-        "| workers | cells | wall s | cells/min | task compute s (median, min-max) | "
+        "| run | workers | cells | wall s | cells/min | task compute s (median, min-max) | "
         "task CPU s (median) | busy share | cores used | most at once |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *_runs_rows("Ray", ray["runs"]),
+        *_runs_rows("processes", procs.get("runs", [])),
+        "",
+        "Parallel efficiency = (cells/min with 2 workers) / (2 x cells/min with 1); goal "
+        f">= {ray['goal']:.1f}.",
+        "",
+        "- " + _efficiency("Ray", ray),
     ]
-    for r in ray["runs"]:
-        c = r["task_compute_s"]
-        out.append(
-            f"| {r['workers']} | {r['cells']} | {r['wall_s']:.1f} | {r['cells_per_min']:.1f} | "
-            f"{c['median']:.2f} ({c['min']:.2f}-{c['max']:.2f}) | "
-            f"{r['task_cpu_s']['median']:.2f} | {r['busy_share']:.2f} | {r['cores_used']:.2f} | "
-            f"{r['max_concurrent']} |"
-        )
+    if "runs" in procs:
+        out.append("- " + _efficiency("Processes (no Ray)", procs))
     out += [
         "",
-        f"Parallel efficiency (cells/min with 2 workers) / (2 x with 1) = "
-        f"**{_f(ray['efficiency'], '{:.2f}')}** (goal >= {ray['goal']:.1f}); a cell beside "
-        f"another takes {_f(ray['contention'], '{:.2f}x')} its time alone (contention).",
         "Busy share: the cells' compute seconds over workers x wall (near 1: dispatch costs "
         "nothing); cores used: their CPU seconds over wall (below the workers: the machine "
         "gave the cells less, e.g. other load; Ray runs its workers at nice 15).",

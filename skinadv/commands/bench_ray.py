@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: the issue's goal for (cells/min with 2 workers) / (2 x cells/min with 1 worker)
 EFFICIENCY_GOAL = 0.8
+#: the niceness Ray gives its workers (the raylet's ``worker_niceness``, 15): the baseline's too
+WORKER_NICE = 15
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class RaySettings:
         dispatch_rounds: empty Ray tasks timed one after another (median).
         mlflow_rounds: MLflow runs logged one after another, after a first untimed one.
         prefect_rounds: Prefect task runs in one flow (0: no Prefect measured).
+        baseline: also run the cells in plain processes (no Ray), first.
         services: start MLflow, Prefect and Ray as ``skinadv up`` does (False: a bare
             ``ray.init`` and a local SQLite MLflow store, no Prefect).
         seed: the data slice and the cells' initial weights.
@@ -75,6 +78,7 @@ class RaySettings:
     dispatch_rounds: int = 50
     mlflow_rounds: int = 5
     prefect_rounds: int = 10
+    baseline: bool = True
     services: bool = True
     seed: int = 0
 
@@ -108,23 +112,20 @@ def check_cells(cells: int) -> None:
         )
 
 
-# -- what runs in the Ray workers ---------------------------------------------------------
+# -- what runs in the workers (Ray's, or the plain processes of the baseline) -------------
 
 
-def _cell(data: tuple[np.ndarray, np.ndarray], spec: dict[str, Any]) -> dict[str, float]:
-    """One cell-shaped task: a fresh CNN trained on ``data`` with the task's CPUs as threads.
+def _train_cell(x: np.ndarray, y: np.ndarray, spec: dict[str, Any], threads: int) -> dict:
+    """One cell-shaped task: a fresh CNN trained on (x, y) with ``threads`` torch threads.
 
     Returns its wall and CPU seconds (model built, data to tensors, training), its start and
-    end (epoch seconds: the driver counts how many ran at once) and the worker's pid.
+    end (epoch seconds: the driver counts how many ran at once), the worker's pid and nice.
     """
-    import ray
-
     from skinadv.config import TrainConfig
     from skinadv.experiment import set_threads
     from skinadv.training import fit
 
-    set_threads(int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-    x, y = data
+    set_threads(threads)
     cfg = TrainConfig(
         epochs=spec["epochs"], batch_size=spec["batch_size"], lr=2e-3, seed=spec["seed"]
     )
@@ -139,7 +140,34 @@ def _cell(data: tuple[np.ndarray, np.ndarray], spec: dict[str, Any]) -> dict[str
         "start": start,
         "end": time.time(),
         "pid": os.getpid(),
+        "nice": os.nice(0),
     }
+
+
+def _cell(data: tuple[np.ndarray, np.ndarray], spec: dict[str, Any]) -> dict[str, float]:
+    """The Ray task: ``_train_cell`` with the task's Ray CPUs as torch threads, as a grid
+    cell does (``tasks.grid``)."""
+    import ray
+
+    cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
+    return _train_cell(*data, spec, cpus)
+
+
+_PROCESS_DATA: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _process_init(data: str, images: int, seed: int, nice: int) -> None:
+    """A baseline worker: Ray's workers' priority, the data slice loaded once."""
+    global _PROCESS_DATA
+    os.nice(max(0, nice - os.nice(0)))
+    _PROCESS_DATA = _load_slice(data, images, seed)
+
+
+def _process_cell(spec: dict[str, Any], n: int | None = None) -> dict[str, float]:
+    """The baseline's task: ``_train_cell`` on the worker's slice (its first ``n`` images)."""
+    assert _PROCESS_DATA is not None
+    x, y = _PROCESS_DATA
+    return _train_cell(x[:n], y[:n], spec, 1)
 
 
 def _noop() -> None:
@@ -171,7 +199,56 @@ def run_cells(cell, data_ref, spec: dict[str, Any], *, cells: int, workers: int)
             done += ray.get(ready)
         pending.append(cell.remote(data_ref, spec))
     done += ray.get(pending)
-    wall = time.perf_counter() - t0
+    return summarise(done, workers, time.perf_counter() - t0)
+
+
+def cell_spec(settings: RaySettings) -> dict[str, Any]:
+    """What each cell task needs to know (small: sent with every task)."""
+    return {k: getattr(settings, k) for k in ("width", "epochs", "batch_size", "seed")}
+
+
+def process_baseline(
+    data: str, settings: RaySettings, spec: dict[str, Any], report: Callable[[str], None]
+) -> dict[str, Any]:
+    """The same cells in plain processes (no Ray): one spawned pool of 2, warmed up, data
+    loaded once per process, Ray's workers' nice, at most K cells in flight as in the Ray
+    runs. What the machine gives two cells, against which Ray's own cost shows.
+
+    Returns:
+        ``{"runs": [...], **scaling(runs)}``.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    cpus = max(settings.workers)
+    ctx = multiprocessing.get_context("spawn")  # no fork of a driver with torch threads
+    args = (data, settings.images, settings.seed, WORKER_NICE)
+    runs = []
+    with ProcessPoolExecutor(
+        cpus, mp_context=ctx, initializer=_process_init, initargs=args
+    ) as pool:
+        list(pool.map(_process_cell, [spec] * cpus, [64] * cpus))  # warm-up: processes start
+        for k in settings.workers:
+            pending, done = set(), []
+            t0 = time.perf_counter()
+            for _ in range(settings.cells):
+                if len(pending) == k:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    done += [f.result() for f in finished]
+                pending.add(pool.submit(_process_cell, spec))
+            done += [f.result() for f in pending]
+            r = summarise(done, k, time.perf_counter() - t0)
+            report(
+                f"processes: {r['cells']} cells on {k} worker(s) in {r['wall_s']:.1f} s "
+                f"({r['cells_per_min']:.1f} cells/min, {r['task_compute_s']['median']:.2f} s a "
+                "cell)"
+            )
+            runs.append(r)
+    return {"runs": runs, **scaling(runs)}
+
+
+def summarise(done: list[dict], workers: int, wall: float) -> dict[str, Any]:
+    """A run's figures from its tasks' own (``_train_cell``) and its wall time."""
     compute = [d["compute_s"] for d in done]
     cpu = [d["cpu_s"] for d in done]
     return {
@@ -189,6 +266,7 @@ def run_cells(cell, data_ref, spec: dict[str, Any], *, cells: int, workers: int)
         "cores_used": sum(cpu) / wall,
         "max_concurrent": max_concurrent([(d["start"], d["end"]) for d in done]),
         "worker_pids": len({d["pid"] for d in done}),
+        "nice": max(d["nice"] for d in done),
     }
 
 
@@ -197,11 +275,14 @@ def scaling(runs: list[dict]) -> dict[str, Any]:
     by_k = {r["workers"]: r for r in runs}
     one, two = by_k.get(1), by_k.get(2)
     if one is None or two is None:
-        return {"efficiency": None, "contention": None}
+        return {"efficiency": None, "contention": None, "cpu_contention": None}
     return {
         "efficiency": two["cells_per_min"] / (2 * one["cells_per_min"]),
-        # > 1: a cell takes longer when another runs beside it (memory bandwidth, caches)
+        # > 1: a cell takes longer when another runs beside it (wall seconds: less CPU given,
+        # or each CPU second slower)
         "contention": two["task_compute_s"]["median"] / one["task_compute_s"]["median"],
+        # the same in CPU seconds: what sharing the memory bandwidth and caches costs alone
+        "cpu_contention": two["task_cpu_s"]["median"] / one["task_cpu_s"]["median"],
     }
 
 
@@ -242,6 +323,9 @@ def run_ray_bench(
     t_start = time.perf_counter()
     x, y = _load_slice(data, settings.images, settings.seed)
     cpus = max(settings.workers)
+    spec = cell_spec(settings)
+    # first, while no Ray runs: what the machine gives plain processes
+    baseline = process_baseline(data, settings, spec, report) if settings.baseline else None
     run_dir = Path(tempfile.mkdtemp(prefix="skinadv-bench-", dir="/tmp"))
     orch: dict[str, Any] = {}
     stack = None
@@ -294,6 +378,7 @@ def run_ray_bench(
         "runs": runs,
         **scaling(runs),
         "goal": EFFICIENCY_GOAL,
+        "processes": baseline or {"status": "not run"},
     }
     orch["seconds"] = time.perf_counter() - t_start
     return ray_scaling, orch
@@ -310,7 +395,7 @@ def _ray_part(ray, x, y, settings: RaySettings, report) -> tuple[dict[str, Any],
     out["put_s"] = time.perf_counter() - t0
     out["data_mb"] = (x.nbytes + y.nbytes) / 2**20
     # warm-up: one worker per CPU imports torch and skinadv and trains on a few images
-    spec = {k: getattr(settings, k) for k in ("width", "epochs", "batch_size", "seed")}
+    spec = cell_spec(settings)
     warm_ref = ray.put((x[:64], y[:64]))
     t0 = time.perf_counter()
     warm = ray.get([cell.remote(warm_ref, spec) for _ in range(cpus)])

@@ -28,6 +28,32 @@ def test_max_concurrent():
     assert bench_ray.max_concurrent([(0, 5), (1, 2), (1.5, 3)]) == 3
 
 
+def check_runs(part: dict, settings: bench_ray.RaySettings) -> None:
+    """A part's 1- and 2-worker runs: counts, times consistent with each other, the in-flight
+    limit held, efficiency and contention computed from the runs' own figures."""
+    runs = {r["workers"]: r for r in part["runs"]}
+    assert sorted(runs) == [1, 2]
+    for k, r in runs.items():
+        assert r["cells"] == settings.cells == r["task_compute_s"]["n"]
+        assert r["wall_s"] > 0
+        assert r["cells_per_min"] == pytest.approx(60 * r["cells"] / r["wall_s"])
+        c = r["task_compute_s"]
+        assert 0 < c["min"] <= c["median"] <= c["max"] <= r["wall_s"]  # inside the run
+        assert r["task_cpu_s"]["min"] > 0
+        assert 1 <= r["max_concurrent"] <= k  # the in-flight limit held
+        assert 0 < r["busy_share"] <= 1
+        assert r["busy_share"] == pytest.approx(c["mean"] * c["n"] / (k * r["wall_s"]))
+        cpu = r["task_cpu_s"]
+        assert r["cores_used"] == pytest.approx(cpu["mean"] * cpu["n"] / r["wall_s"])
+    one, two = runs[1], runs[2]
+    assert part["efficiency"] == pytest.approx(two["cells_per_min"] / (2 * one["cells_per_min"]))
+    assert part["efficiency"] == pytest.approx(one["wall_s"] / (2 * two["wall_s"]))  # same cells
+    ratio = two["task_compute_s"]["median"] / one["task_compute_s"]["median"]
+    assert part["contention"] == pytest.approx(ratio)
+    cpu_ratio = two["task_cpu_s"]["median"] / one["task_cpu_s"]["median"]
+    assert part["cpu_contention"] == pytest.approx(cpu_ratio)
+
+
 def test_cli_ray_part(real_npz, ray_tmp, tmp_path, monkeypatch):
     import ray
 
@@ -44,26 +70,10 @@ def test_cli_ray_part(real_npz, ray_tmp, tmp_path, monkeypatch):
     rs, orch = payload["ray_scaling"], payload["orchestration"]
     settings = bench_ray.tiny()
 
-    runs = {r["workers"]: r for r in rs["runs"]}
-    assert sorted(runs) == [1, 2] and rs["settings"]["head_cpus"] == 2
-    assert rs["images"] == settings.images
-    for k, r in runs.items():
-        assert r["cells"] == settings.cells == r["task_compute_s"]["n"]
-        assert r["wall_s"] > 0
-        assert r["cells_per_min"] == pytest.approx(60 * r["cells"] / r["wall_s"])
-        c = r["task_compute_s"]
-        assert 0 < c["min"] <= c["median"] <= c["max"] <= r["wall_s"]  # inside the run
-        assert r["task_cpu_s"]["min"] > 0
-        assert 1 <= r["max_concurrent"] <= k  # the in-flight limit held
-        assert 0 < r["busy_share"] <= 1
-        assert r["busy_share"] == pytest.approx(c["mean"] * c["n"] / (k * r["wall_s"]))
-        cpu = r["task_cpu_s"]
-        assert r["cores_used"] == pytest.approx(cpu["mean"] * cpu["n"] / r["wall_s"])
-    one, two = runs[1], runs[2]
-    assert rs["efficiency"] == pytest.approx(two["cells_per_min"] / (2 * one["cells_per_min"]))
-    assert rs["efficiency"] == pytest.approx(one["wall_s"] / (2 * two["wall_s"]))  # same cells
-    ratio = two["task_compute_s"]["median"] / one["task_compute_s"]["median"]
-    assert rs["contention"] == pytest.approx(ratio)
+    assert rs["settings"]["head_cpus"] == 2 and rs["images"] == settings.images
+    check_runs(rs, settings)
+    check_runs(rs["processes"], settings)  # the same cells without Ray
+    assert min(r["nice"] for r in rs["processes"]["runs"]) >= bench_ray.WORKER_NICE
 
     assert orch["services"] == {"started": False} and "prefect" not in orch
     assert orch["ray_init_s"] > 0 and orch["ray"]["worker_warmup_s"] > 0
@@ -76,7 +86,7 @@ def test_cli_ray_part(real_npz, ray_tmp, tmp_path, monkeypatch):
     assert m["runs_finished"] == settings.mlflow_rounds + 1  # read back from the store
 
     text = md.read_text()
-    assert "## Ray scaling" in text and "Parallel efficiency" in text
+    assert "## Ray scaling" in text and "Processes (no Ray): parallel efficiency" in text
     assert f"{rs['efficiency']:.2f}" in text and "Ray task dispatch" in text
     assert "not run (pass --ray)" not in text
 
