@@ -189,5 +189,10 @@ def orchestration_section(orch: dict[str, Any]) -> list[str]:
             f"| {m['run_ms']['median']:.0f} ms |"
         )
     where = "started here" if svc["started"] else "a bare local Ray, MLflow on a SQLite file"
-    out += ["", f"Services: {where}; MLflow at {orch.get('mlflow', {}).get('target', '-')}.", ""]
+    out += [
+        "",
+        f"Services: {where}; MLflow at {orch.get('mlflow', {}).get('target', '-')}. The Ray "
+        f"part (baseline included) took {orch['seconds']:.0f} s.",
+        "",
+    ]
     return out
