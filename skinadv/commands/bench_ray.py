@@ -9,6 +9,11 @@ before anything is timed, and that warm-up is reported as orchestration, not com
 "1 worker" and "2 workers" are the same Ray head (2 CPUs) with at most 1 or 2 cells in
 flight: the next cell is submitted when one finishes, as a K-CPU Ray runs the grid.
 
+Baseline: before Ray starts, the same cells in a spawned pool of 2 plain processes (no Ray,
+Ray's workers' nice 15, same in-flight limits): what the machine gives two cells, so that a
+low efficiency can be told apart from Ray's own cost. (Spawned: a script that calls
+``run_ray_bench`` needs the ``if __name__ == "__main__":`` guard; the CLI has it.)
+
 Services: a ``Stack`` of its own (MLflow, Prefect, Ray head started side by side in a
 temporary folder, whatever ``$MLFLOW_TRACKING_URI`` / ``$PREFECT_API_URL`` / ``$RAY_ADDRESS``
 say: the benchmark never logs to a team's servers); ``services=False`` (the tests) starts a
