@@ -21,8 +21,9 @@ from skinadv.training import fit, prepare_data, select_device
 
 log = logging.getLogger(__name__)
 
-#: what the JSON holds for Ray scaling until the Ray benchmark (another issue part) fills it
-RAY_PLACEHOLDER = {"status": "not measured here: Ray 1 vs 2 workers is benchmarked separately"}
+#: what the JSON holds for Ray scaling and orchestration unless ``skinadv bench --ray`` (an
+#: adapter: this package imports no Ray) fills them in
+NOT_RUN = {"status": "not run (pass --ray)"}
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,8 @@ def run_bench(settings: BenchSettings, report: Callable[[str], None] = log.info)
         "attacks": attacks,
         "training": training,
         "grid_cost": grid,
-        "ray_scaling": RAY_PLACEHOLDER,
+        "ray_scaling": dict(NOT_RUN),
+        "orchestration": dict(NOT_RUN),
         "seconds": time.perf_counter() - t_start,
     }
 

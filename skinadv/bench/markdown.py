@@ -88,9 +88,116 @@ def to_markdown(result: dict[str, Any]) -> str:
             else "."
         ),
         "",
-        "## Ray scaling",
+    ]
+    out += ray_section(result.get("ray_scaling") or {})
+    out += orchestration_section(result.get("orchestration") or {})
+    return "\n".join(out)
+
+
+def _not_run(part: dict[str, Any]) -> list[str]:
+    return [part.get("status", "not run (pass --ray)"), ""]
+
+
+def _runs_rows(how: str, runs: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for r in runs:
+        c = r["task_compute_s"]
+        rows.append(
+            f"| {how} | {r['workers']} | {r['cells']} | {r['wall_s']:.1f} | "
+            f"{r['cells_per_min']:.1f} | {c['median']:.2f} ({c['min']:.2f}-{c['max']:.2f}) | "
+            f"{r['task_cpu_s']['median']:.2f} | {r['busy_share']:.2f} | {r['cores_used']:.2f} | "
+            f"{r['max_concurrent']} |"
+        )
+    return rows
+
+
+def _efficiency(how: str, part: dict[str, Any]) -> str:
+    return (
+        f"{how}: parallel efficiency **{_f(part['efficiency'], '{:.2f}')}**; a cell beside "
+        f"another takes {_f(part['contention'], '{:.2f}x')} its wall time alone and "
+        f"{_f(part.get('cpu_contention'), '{:.2f}x')} its CPU time."
+    )
+
+
+def ray_section(ray: dict[str, Any]) -> list[str]:
+    """Cells per minute on 1 vs 2 Ray workers (and plain processes), and the efficiency."""
+    out = ["## Ray scaling", ""]
+    if "runs" not in ray:
+        return out + _not_run(ray)
+    s = ray["settings"]
+    procs = ray.get("processes", {})
+    out += [
+        f"{s['cells']} identical cells per run, each a fresh paper CNN width {s['width']} "
+        f"trained {s['epochs']} epoch(s) on the same {ray['images']} real images (batch "
+        f"{s['batch_size']}, 1 torch thread a cell: the task's Ray CPUs), data put in Ray's "
+        f"object store once, workers warmed up first. One Ray head with {s['head_cpus']} "
+        "CPUs; K workers = at most K cells in flight. Task compute is timed inside each task. "
+        "Processes: the same cells in a pool of plain processes (no Ray, same nice), run "
+        "first.",
         "",
-        result["ray_scaling"]["status"] if "status" in result["ray_scaling"] else "see JSON",
+        "| run | workers | cells | wall s | cells/min | task compute s (median, min-max) | "
+        "task CPU s (median) | busy share | cores used | most at once |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *_runs_rows("Ray", ray["runs"]),
+        *_runs_rows("processes", procs.get("runs", [])),
+        "",
+        "Parallel efficiency = (cells/min with 2 workers) / (2 x cells/min with 1); goal "
+        f">= {ray['goal']:.1f}.",
+        "",
+        "- " + _efficiency("Ray", ray),
+    ]
+    if "runs" in procs:
+        out.append("- " + _efficiency("Processes (no Ray)", procs))
+    out += [
+        "",
+        "Busy share: the cells' compute seconds over workers x wall (near 1: dispatch costs "
+        "nothing); cores used: their CPU seconds over wall (below the workers: the machine "
+        "gave the cells less, e.g. other load; Ray runs its workers at nice 15).",
         "",
     ]
-    return "\n".join(out)
+    return out
+
+
+def orchestration_section(orch: dict[str, Any]) -> list[str]:
+    """Service start, Ray dispatch, Prefect and MLflow costs, apart from compute."""
+    out = ["## Orchestration overhead (apart from compute)", ""]
+    if "ray" not in orch:
+        return out + _not_run(orch)
+    out += ["| what | time |", "| --- | --- |"]
+    svc = orch["services"]
+    if svc["started"]:
+        for name, secs in svc["start_s"].items():
+            out.append(f"| {name} start-up (health check answered) | {secs:.1f} s |")
+        out.append(f"| all services, started side by side | {svc['stack_start_s']:.1f} s |")
+    ray = orch["ray"]
+    d = ray["dispatch_ms"]
+    out += [
+        f"| ray.init (driver connects) | {orch['ray_init_s']:.1f} s |",
+        f"| data into the object store ({ray['data_mb']:.0f} MB, once) | {ray['put_s']:.2f} s |",
+        f"| worker warm-up ({ray['warm_workers']} workers: imports, a tiny fit) | "
+        f"{ray['worker_warmup_s']:.1f} s |",
+        f"| Ray task dispatch, empty task round trip (median of {d['n']}, p90) | "
+        f"{d['median']:.1f} ms ({d['p90']:.1f} ms) |",
+    ]
+    if "prefect" in orch:
+        p = orch["prefect"]
+        out += [
+            f"| Prefect task run in a flow, empty (median of {p['task_run_ms']['n']}) | "
+            f"{p['task_run_ms']['median']:.0f} ms |",
+            f"| Prefect flow run's own time (first flow run: {p['first_flow_s']:.1f} s) | "
+            f"{p['flow_run_overhead_s']:.1f} s |",
+        ]
+    if "mlflow" in orch:
+        m = orch["mlflow"]
+        out.append(
+            f"| MLflow: {m['what']} (median of {m['run_ms']['n']}; first {m['first_ms']:.0f} ms) "
+            f"| {m['run_ms']['median']:.0f} ms |"
+        )
+    where = "started here" if svc["started"] else "a bare local Ray, MLflow on a SQLite file"
+    out += [
+        "",
+        f"Services: {where}; MLflow at {orch.get('mlflow', {}).get('target', '-')}. The Ray "
+        f"part (baseline included) took {orch['seconds']:.0f} s.",
+        "",
+    ]
+    return out

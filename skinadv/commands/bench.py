@@ -7,6 +7,10 @@ there is none, an unwritable output path, no real data) gives one ``error:`` lin
 code 2 before anything runs. A missing ``bench`` extra (torchattacks, ART) is bad input
 too: the comparison is the point of the benchmark, so no column is silently left out; pass
 ``--libraries skinadv`` to time skinadv alone.
+
+``--ray`` adds the grid's cells on 1 vs 2 Ray workers and the orchestration's own costs
+(``skinadv.commands.bench_ray``: it starts MLflow, Prefect and Ray of its own, about 2
+minutes on 2 cores); without it the JSON says ``not run (pass --ray)`` for both.
 """
 
 from __future__ import annotations
@@ -80,6 +84,18 @@ def bench(
         str, typer.Option(help="Comma list of skinadv, torchattacks, art.")
     ] = "skinadv,torchattacks,art",
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Also time the grid's cells on 1 vs 2 Ray workers (CPU) and the "
+            "orchestration (service start, dispatch, Prefect, MLflow logging): about 2 min.",
+        ),
+    ] = False,
+    ray_cells: Annotated[
+        int | None,
+        typer.Option("--ray-cells", help="Cells per Ray run, an even number (default 8)."),
+    ] = None,
 ) -> None:
     """Attack throughput (FGSM, PGD-10, PGD-50, APGD-CE) against torchattacks and ART at the
     same settings and robust accuracy; training throughput; the grid's gradient evaluations."""
@@ -101,6 +117,15 @@ def bench(
     missing = missing_libraries(libs)
     if missing:
         raise fail(f"the bench extra is missing ({', '.join(missing)}): {INSTALL}")
+    if ray_cells is not None and not ray:
+        raise fail("--ray-cells needs --ray")
+    if ray:
+        from skinadv.commands import bench_ray
+
+        with user_errors():
+            if ray_cells is not None:
+                bench_ray.check_cells(ray_cells)
+            ray_settings = bench_ray.default_settings(ray_cells)
     json_path = _output_path(json_out, "json")
     md_path = _output_path(markdown_out, "markdown")
     spec = _data_spec(data)
@@ -110,9 +135,22 @@ def bench(
         torch.set_num_threads(threads)
     settings = (quick_settings if quick else full)(spec, device)
     settings = replace(settings, libraries=libs)
+
+    def progress(line: str) -> None:
+        console.print(line, highlight=False)
+
     console.print(f"benchmarking on {device} with {torch.get_num_threads()} threads, data {spec}")
     with user_errors():
-        result = run_bench(settings, report=lambda line: console.print(line, highlight=False))
+        result = run_bench(settings, report=progress)
+        if ray:
+            from skinadv.stack import StackError
+
+            try:
+                result["ray_scaling"], result["orchestration"] = bench_ray.run_ray_bench(
+                    spec, ray_settings, report=progress, console=console
+                )
+            except StackError as exc:  # a service did not start: one line, as `skinadv up`
+                raise fail(str(exc)) from None
     report = to_markdown(result)
     with user_errors():
         if json_path is not None:

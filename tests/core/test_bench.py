@@ -31,7 +31,15 @@ def result(ham_npz):
 
 
 def test_json_structure(result):
-    assert set(result) >= {"settings", "machine", "attacks", "training", "grid_cost", "ray_scaling"}
+    assert set(result) >= {
+        "settings",
+        "machine",
+        "attacks",
+        "training",
+        "grid_cost",
+        "ray_scaling",
+        "orchestration",
+    }
     json.dumps(result)  # JSON-ready as it is
     att = result["attacks"]
     assert att["n_images"] == N_IMAGES
@@ -57,6 +65,9 @@ def test_json_structure(result):
     assert tr["static_adversarial"]["images"] == n + round(0.8 * n)
     md = to_markdown(result)
     assert "| PGD-5 |" in md and "skinadv / art" in md and "Nested / separate" in md
+    # the Ray part is opt-in (skinadv bench --ray; tests/flows/test_bench_ray.py)
+    assert result["ray_scaling"] == result["orchestration"] == {"status": "not run (pass --ray)"}
+    assert md.count("not run (pass --ray)") == 2
 
 
 def test_libraries_agree_on_robust_accuracy(result):
