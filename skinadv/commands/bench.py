@@ -80,6 +80,14 @@ def bench(
         str, typer.Option(help="Comma list of skinadv, torchattacks, art.")
     ] = "skinadv,torchattacks,art",
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's).")] = None,
+    bf16: Annotated[
+        bool | None,
+        typer.Option(
+            "--bf16/--no-bf16",
+            help="Add a skinadv-bf16 column (bfloat16 autocast); default: where the device "
+            "runs bf16 natively.",
+        ),
+    ] = None,
 ) -> None:
     """Attack throughput (FGSM, PGD-10, PGD-50, APGD-CE) against torchattacks and ART at the
     same settings and robust accuracy; training throughput; the grid's gradient evaluations."""
@@ -109,7 +117,7 @@ def bench(
             raise fail(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     settings = (quick_settings if quick else full)(spec, device)
-    settings = replace(settings, libraries=libs)
+    settings = replace(settings, libraries=libs, bf16=bf16)
     console.print(f"benchmarking on {device} with {torch.get_num_threads()} threads, data {spec}")
     with user_errors():
         result = run_bench(settings, report=lambda line: console.print(line, highlight=False))
