@@ -79,12 +79,13 @@ def _input_grad(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradient of a per-example loss (default cross-entropy) w.r.t. the input only.
 
-    Returns (grad, loss (N,), logits (N, K)), all detached. ``torch.autograd.grad`` leaves
-    every parameter's ``.grad`` untouched.
+    Returns (grad, loss (N,), logits (N, K)), all detached, logits and loss float32 even
+    under bfloat16 autocast. ``torch.autograd.grad`` leaves every parameter's ``.grad``
+    untouched.
     """
     x_adv = x_adv.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(x_adv)
+        logits = model(x_adv).float()  # under bf16 autocast: the loss in float32
         loss = loss_fn(logits, labels)
         # sum: each example's gradient is its own, whatever the batch size
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)

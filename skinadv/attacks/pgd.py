@@ -130,7 +130,7 @@ def pgd(
         if restarts == 1:
             return x_adv.detach()
         with torch.no_grad():
-            logits = model(x_adv)
+            logits = model(x_adv).float()
             loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
         pred = logits.argmax(1)
         success = pred != y if tgt is None else pred == tgt

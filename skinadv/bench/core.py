@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from skinadv import __version__
+from skinadv.attacks.craft import bf16_supported
 from skinadv.bench.attacks import LIBRARIES, attack_specs, attack_throughput
 from skinadv.bench.grid_cost import grid_cost
 from skinadv.bench.training import training_throughput
@@ -45,6 +46,9 @@ class BenchSettings:
         fit_images, fit_epochs, pool_steps, pgd_at_steps: the training benchmark.
         grid_preset: the preset whose grid is costed.
         device: ``cpu`` or ``cuda[:N]``.
+        bf16: add the ``skinadv-bf16`` column (``craft(precision="bf16")``); None: where the
+            device runs bfloat16 natively (``bf16_supported``: a CUDA GPU that says so, a
+            CPU with AVX512-BF16 / AMX).
         seed: data subset, training and random starts.
     """
 
@@ -66,6 +70,7 @@ class BenchSettings:
     pgd_at_steps: int = 5
     grid_preset: str = "quick"
     device: str = "cpu"
+    bf16: bool | None = None
     seed: int = 0
 
 
@@ -131,7 +136,7 @@ def run_bench(settings: BenchSettings, report: Callable[[str], None] = log.info)
         repeats=settings.repeats,
         budget_s=settings.budget_s,
         seed=settings.seed,
-        bf16=device.type == "cuda",
+        bf16=bf16_supported(device) if settings.bf16 is None else settings.bf16,
         report=report,
     )
     fx, fy = train.to_float()
@@ -205,5 +210,6 @@ def tiny(data: str, **overrides: Any) -> BenchSettings:
         fit_images=128,
         pool_steps=2,
         pgd_at_steps=2,
+        bf16=False,  # its own test: the tests run where bf16 may be emulated (slow)
     )
     return replace(base, **overrides)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from skinadv.bench.attacks import ROBUST_TOLERANCE_POINTS, VARIANTS
+
 
 def _f(v: float | None, fmt: str = "{:.1f}") -> str:
     return "-" if v is None else fmt.format(v)
@@ -11,18 +13,24 @@ def _f(v: float | None, fmt: str = "{:.1f}") -> str:
 
 def attack_table(attacks: dict[str, Any]) -> list[str]:
     libs = list(attacks["batch_sizes"])
-    others = [lib for lib in libs if lib != "skinadv"]
+    variants = [lib for lib in libs if lib in VARIANTS]
+    others = [lib for lib in libs if lib not in VARIANTS]
+    pairs = [(v, lib) for v in variants for lib in others]
+    if len(variants) > 1:  # bf16's robust accuracy against float32 skinadv's
+        pairs += [(v, "skinadv") for v in variants if v != "skinadv"]
     head = ["attack"] + [f"{lib} img/s (robust %)" for lib in libs]
-    head += [f"skinadv / {lib}" for lib in others]
+    head += [f"{v} / {lib}" for v, lib in pairs]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for a in attacks["attacks"]:
         row = [a["label"]]
         for lib in libs:
             r = a["results"][lib]
             row.append(f"{r['images_per_s']:.0f} ({100 * r['robust_accuracy']:.1f})")
-        for lib in others:
-            gap = a["robust_gap_points"].get(lib)
-            row.append(f"{_f(a['speedup'].get(lib), '{:.2f}x')} (gap {_f(gap, '{:+.1f}')} pt)")
+        for v, lib in pairs:
+            res = a["results"]
+            ratio = res[v]["images_per_s"] / res[lib]["images_per_s"]
+            gap = 100 * (res[v]["robust_accuracy"] - res[lib]["robust_accuracy"])
+            row.append(f"{ratio:.2f}x (gap {gap:+.1f} pt)")
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -46,10 +54,20 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"{_f(s['budget_s'], '{:.0f}')} s), libraries interleaved; each at its fastest batch size "
         "(" + ", ".join(f"{k} {v['chosen']}" for k, v in att["batch_sizes"].items()) + ").",
         "Robust % is the model's accuracy on each library's adversarial images; the gap is "
-        "skinadv's minus the other's (negative: skinadv's attack is stronger).",
+        "skinadv's minus the other's (negative: skinadv's attack is stronger). skinadv-bf16 "
+        "(where present) is skinadv under bfloat16 autocast.",
         "",
         *attack_table(att),
         "",
+        *(
+            [
+                f"**Headline, {att['headline']['text']}** (the fastest skinadv variant within "
+                f"{ROBUST_TOLERANCE_POINTS} pt of float32 skinadv's robust accuracy).",
+                "",
+            ]
+            if att.get("headline")
+            else []
+        ),
         "## Training throughput",
         "",
     ]

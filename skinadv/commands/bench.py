@@ -96,6 +96,14 @@ def bench(
         int | None,
         typer.Option("--ray-cells", help="Cells per Ray run, an even number (default 8)."),
     ] = None,
+    bf16: Annotated[
+        bool | None,
+        typer.Option(
+            "--bf16/--no-bf16",
+            help="Add a skinadv-bf16 column (bfloat16 autocast); default: where the device "
+            "runs bf16 natively.",
+        ),
+    ] = None,
 ) -> None:
     """Attack throughput (FGSM, PGD-10, PGD-50, APGD-CE) against torchattacks and ART at the
     same settings and robust accuracy; training throughput; the grid's gradient evaluations."""
@@ -134,7 +142,7 @@ def bench(
             raise fail(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     settings = (quick_settings if quick else full)(spec, device)
-    settings = replace(settings, libraries=libs)
+    settings = replace(settings, libraries=libs, bf16=bf16)
 
     def progress(line: str) -> None:
         console.print(line, highlight=False)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from skinadv.attacks import craft, eval_mode
 from skinadv.attacks.craft import as_tensor, resolve_attack
 from skinadv.evaluation.metrics import metrics
+from skinadv.memory import device_batch_size
 from skinadv.results import PROTOCOLS, Evaluation
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,17 @@ def predict(
     *,
     batch_size: int = 512,
     device: str | torch.device | None = None,
+    fit_memory: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted labels (N,) and softmax probabilities (N, K), in eval mode, no gradients."""
+    """Predicted labels (N,) and softmax probabilities (N, K), in eval mode, no gradients.
+
+    ``fit_memory``: on CUDA, the batch size from the device's free memory
+    (``device_batch_size``); on a CPU ``batch_size`` is kept.
+    """
     xt = as_tensor(x, torch.float32)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
+    if fit_memory:
+        batch_size = device_batch_size(model, dev, batch_size, size=xt.shape[-1], backward=False)
     preds, probs = [], []
     with eval_mode(model), torch.no_grad():
         for start in range(0, xt.shape[0], batch_size):

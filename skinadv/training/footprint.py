@@ -9,6 +9,10 @@ input). ``cell_memory`` estimates it from the config, without a GPU; a measured 
 
 ``cells_per_gpu`` packs by memory and, where a lone cell's GPU utilisation was measured, by
 throughput too: cells that already keep the GPU busy gain nothing from sharing it.
+
+The per-image footprint and the batch size chosen from a CUDA device's free memory
+(``device_batch_size``, used by ``craft`` and ``predict``) live in ``skinadv.memory``, which
+the attacks can import without a cycle; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -16,16 +20,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
 from skinadv.config import ExperimentConfig
+from skinadv.memory import (
+    ATTACK_BUFFERS,
+    FLOAT_BYTES,
+    MAX_AUTO_BATCH,
+    MEMORY_HEADROOM,
+    activation_bytes_per_image,
+    attack_bytes_per_image,
+    choose_batch_size,
+    device_batch_size,
+)
 from skinadv.models import create_model
 
 CUDA_CONTEXT_BYTES = 512 * 2**20  # context + cuDNN workspace + allocator slack, per process
-FLOAT_BYTES = 4
 MAX_CELLS_PER_GPU = 8  # beyond this, the per-process contexts and CPU feeding dominate
-MEMORY_HEADROOM = 0.9  # of the device's memory, what the packed cells may fill
 
 
 @dataclass(frozen=True)
@@ -40,27 +49,6 @@ class CellFootprint:
     @property
     def total(self) -> int:
         return self.context + self.model + self.data + self.activations
-
-
-def activation_bytes_per_image(model: nn.Module, size: int) -> int:
-    """Bytes of every leaf module's output for one ``size`` x ``size`` image (float32)."""
-    total = 0
-
-    def hook(_m, _i, out) -> None:
-        nonlocal total
-        if isinstance(out, torch.Tensor):
-            total += out.numel() * FLOAT_BYTES
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 3, size, size))
-    finally:
-        for h in handles:
-            h.remove()
-    return total + 3 * size * size * FLOAT_BYTES  # the input (an attack's gradient target)
 
 
 def cell_memory(cfg: ExperimentConfig, n_train: int) -> CellFootprint:
@@ -100,3 +88,21 @@ def gpu_share(cells: int) -> float:
     """The fractional GPU request that lets ``cells`` run on one GPU: 1/cells, rounded down
     to Ray's precision (1e-4) so that ``cells`` shares sum to no more than 1."""
     return math.floor(10_000 / cells) / 10_000
+
+
+__all__ = [
+    "ATTACK_BUFFERS",
+    "CUDA_CONTEXT_BYTES",
+    "FLOAT_BYTES",
+    "MAX_AUTO_BATCH",
+    "MAX_CELLS_PER_GPU",
+    "MEMORY_HEADROOM",
+    "CellFootprint",
+    "activation_bytes_per_image",
+    "attack_bytes_per_image",
+    "cell_memory",
+    "cells_per_gpu",
+    "choose_batch_size",
+    "device_batch_size",
+    "gpu_share",
+]

@@ -250,3 +250,39 @@ def test_attack_copy_leaves_models_in_other_threads_alone(tiny_trained, tiny_tes
         stop.set()
         t.join()
     assert errors == []
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_bf16_craft_stays_in_ball(name, small_model, rand_batch):
+    """Under bfloat16 autocast the images themselves stay float32: in [0, 1], within eps,
+    moved; the model's mode comes back as with float32."""
+    x, y = rand_batch
+    x_adv = craft(small_model, x, y, name, seed=0, precision="bf16", **kwargs_for(name))
+    assert x_adv.shape == x.shape and x_adv.dtype == torch.float32
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6
+    assert (x_adv - x).abs().max() > 0.05
+    assert not small_model.training
+
+
+def test_bf16_pgd_as_strong_as_fp32(tiny_trained, tiny_test):
+    """Same images, seed and random starts: bf16's PGD fools about the same images as
+    float32's (an attack whose bf16 gradient were noise would leave accuracy near clean)."""
+    model = tiny_trained.model.eval()
+    x, y = tiny_test[0][:200], tiny_test[1][:200]
+    kw = {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "batch_size": 200, "seed": 0}
+    clean = score(model, x, y)["accuracy"]
+    fp32 = score(model, craft(model, x, y, "pgd", **kw), y)["accuracy"]
+    bf16 = score(model, craft(model, x, y, "pgd", precision="bf16", **kw), y)["accuracy"]
+    assert bf16 < clean - 0.15, (clean, fp32, bf16)
+    assert abs(bf16 - fp32) <= 0.03, (fp32, bf16)  # 6 of 200 images
+
+
+def test_precision_checked(small_model, rand_batch):
+    from skinadv.attacks.craft import bf16_supported
+
+    x, y = rand_batch
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        craft(small_model, x, y, "fgsm", eps=0.1, precision="fp16")
+    assert isinstance(bf16_supported("cpu"), bool)
+    assert bf16_supported("meta") is False

@@ -195,3 +195,69 @@ def test_cli_missing_bench_extra(ham_npz, tmp_path, monkeypatch):
     assert res.exit_code == 2
     assert "adversarial-robustness-toolbox" in res.output and "pip install" in res.output
     assert not (tmp_path / "b.json").exists()
+
+
+def test_bf16_column_and_headline(tiny_trained, tiny_test):
+    """The skinadv-bf16 column: its own results, its ratios and gaps (to ART and to float32
+    skinadv), and a headline naming the variant it uses."""
+    from skinadv.bench.attacks import VARIANTS, AttackSpec, attack_throughput
+    from skinadv.bench.markdown import attack_table
+
+    model = tiny_trained.model.eval()
+    x, y = tiny_test[0][:48], tiny_test[1][:48]
+    eps = 8 / 255
+    specs = [AttackSpec("PGD-3", "pgd", eps, eps / 2, 3)]
+    out = attack_throughput(
+        model, x, y, specs, libraries=("skinadv", "art"), batch_sizes=(48,), repeats=1, bf16=True
+    )
+    assert list(out["batch_sizes"]) == ["skinadv", "skinadv-bf16", "art"]
+    a = out["attacks"][0]
+    res = a["results"]
+    assert set(a["variants"]) == {"skinadv", "skinadv-bf16"}
+    bf = a["variants"]["skinadv-bf16"]
+    assert bf["speedup"]["art"] == pytest.approx(
+        res["skinadv-bf16"]["images_per_s"] / res["art"]["images_per_s"]
+    )
+    to_fp32 = 100 * (res["skinadv-bf16"]["robust_accuracy"] - res["skinadv"]["robust_accuracy"])
+    assert bf["robust_gap_points"]["skinadv"] == pytest.approx(to_fp32)
+    assert "skinadv-bf16" not in a["speedup"]  # float32 skinadv's ratios: other libraries only
+    head = out["headline"]
+    assert head["attack"] == "PGD-3" and head["versus"] == "art" and head["variant"] in VARIANTS
+    assert head["variant"] in head["text"] and "x, robust accuracy" in head["text"]
+    table = "\n".join(attack_table(out))
+    assert "skinadv-bf16 / art" in table and "skinadv-bf16 / skinadv" in table
+
+
+def _fake_attack(fp32: tuple[float, float], bf16: tuple[float, float], art: tuple[float, float]):
+    """An attack entry with (images/s, robust accuracy) per column, as attack_throughput
+    makes it."""
+    results = {
+        lib: {"images_per_s": r, "robust_accuracy": acc}
+        for lib, (r, acc) in {"skinadv": fp32, "skinadv-bf16": bf16, "art": art}.items()
+    }
+    variants = {
+        v: {
+            "speedup": {"art": results[v]["images_per_s"] / art[0]},
+            "robust_gap_points": {"art": 100 * (results[v]["robust_accuracy"] - art[1])},
+        }
+        for v in ("skinadv", "skinadv-bf16")
+    }
+    return {"label": "PGD-50", "kind": "pgd", "steps": 50, "results": results, "variants": variants}
+
+
+def test_headline_takes_bf16_only_within_tolerance():
+    from skinadv.bench.attacks import headline
+
+    pgd10 = {**_fake_attack((900, 0.4), (2000, 0.4), (100, 0.4)), "label": "PGD-10", "steps": 10}
+    close = _fake_attack((300, 0.301), (600, 0.299), (100, 0.299))
+    head = headline([pgd10, close])
+    assert head["attack"] == "PGD-50" and head["variant"] == "skinadv-bf16"
+    assert head["speedup"] == pytest.approx(6.0)
+    assert head["gap_to_fp32_points"] == pytest.approx(-0.2)
+    assert "skinadv-bf16 (bfloat16 autocast) / art = 6.00x" in head["text"]
+    assert "float32 skinadv 3.00x" in head["text"]
+    far = _fake_attack((300, 0.301), (600, 0.28), (100, 0.299))  # bf16 2.1 points off
+    head = headline([far])
+    assert head["variant"] == "skinadv" and head["speedup"] == pytest.approx(3.0)
+    slow = _fake_attack((300, 0.301), (200, 0.301), (100, 0.299))  # bf16 slower
+    assert headline([slow])["variant"] == "skinadv"
