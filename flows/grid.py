@@ -36,7 +36,6 @@ from skinadv.stack import worker_env
 from skinadv.training import composes_mix
 from tasks.grid import (
     craft_pool,
-    gather,
     model_label,
     prepare_data,
     train_cell,
@@ -44,6 +43,7 @@ from tasks.grid import (
     train_vanilla,
 )
 from tasks.refs import GridRun, TrainedModel
+from tasks.report import gather
 from tasks.resources import cell_resources
 
 POOL_COST_ORDER = ("pgd", "mix", "fgsm")  # the costliest pool first: it is the critical path

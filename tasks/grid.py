@@ -14,9 +14,7 @@ Prefect UI show.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +23,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from skinadv import experiment as exp
-from skinadv import selection, tracking
+from skinadv import tracking
 from skinadv.config import DefenceConfig, ExperimentConfig
 from skinadv.data.io import atomic_write_npz
-from skinadv.evaluation.checks import Check, sanity_checks
 from skinadv.models import load_model, save_model
 from skinadv.results import ModelResult, cell_name
 from skinadv.training import adversarial_pool, augment, mix_pool
@@ -425,80 +422,3 @@ def train_defence(
         defence=defence,
     )
     return Completed(data=model, message=_key_figure(model.result))
-
-
-def register_champions(experiment: str, results: list[ModelResult]) -> list[dict[str, Any]]:
-    """Per method, the model chosen on the validation split (``selection.champions``)
-    registered in the MLflow Model Registry as ``skinadv-<experiment>-<method>`` with the
-    alias ``robust-champion`` and its model card; returns one row per champion for the
-    report."""
-    prefix = experiment if experiment.startswith("skinadv") else f"skinadv-{experiment}"
-    rows = []
-    for method, r in selection.champions(results).items():
-        if r.run_id is None:
-            continue
-        name = f"{prefix}-{method}"
-        description, tags = selection.champion_card(r, experiment=experiment)
-        version = tracking.register_champion(name, r.run_id, description=description, tags=tags)
-        key = tags["selected_by"]
-        rows.append(
-            {
-                "method": method,
-                "registered": f"{name} v{version} @{tracking.CHAMPION_ALIAS}",
-                "cell": r.cell,
-                "seed": r.seed,
-                key: 100 * r.validation_metrics()[key],
-            }
-        )
-    return rows
-
-
-@task(name="gather", task_run_name="gather report", cache_policy=NO_CACHE)
-def gather(
-    cfg: ExperimentConfig,
-    data: DataRef,
-    models: list[TrainedModel],
-    *,
-    grid: GridRun,
-    context: dict[str, Any],
-) -> tuple[list[Check], dict[str, bytes]]:
-    """Tables, figures and sanity checks from every model, logged on the parent run.
-    Returns the checks and the report's files (``{name: content}``; the driver writes
-    them where it wants: this task's node need not see the driver's folders)."""
-    from skinadv.report import build_report, save_report
-
-    results = [m.result for m in models]
-    vanillas = sorted(
-        (m for m in models if m.result.is_vanilla),
-        key=lambda m: m.result.seed != cfg.seeds[0],  # the first seed's has the sweeps
-    )
-    sweeps, examples = None, []
-    for m in vanillas:
-        _, sweeps = tracking.load_result(m.run_id)
-        if sweeps:
-            break
-    if vanillas:
-        vanilla = vanillas[0]
-        model, _ = load_model(store.weights(vanilla.run_id))
-        test = data.load("test")
-        sets = store.transfer_sets(vanilla.run_id)
-        examples = exp.pick_examples(model, test, sets)
-        if not sweeps:  # the first seed's vanilla reused from a grid that ran other seeds
-            sweeps = exp.sanity_sweeps(cfg, model, test, seed=vanilla.result.seed)
-    checks = sanity_checks(results, sweeps)
-    report = build_report(
-        results,
-        title=f"skinadv grid: {grid.experiment}",
-        context=context,
-        champions=register_champions(grid.experiment, results),
-        checks=checks,
-        examples=examples,
-        sweeps=sweeps,
-    )
-    with tempfile.TemporaryDirectory(prefix="report-", dir=store.node_dir()) as tmp:
-        written = save_report(report, tmp)
-        tracking.log_artifact_files(grid.parent_run_id, list(written.values()), "report")
-        files = {name: path.read_bytes() for name, path in written.items()}
-    cells = {r.key: r.run_id for r in results}
-    tracking.set_tags(grid.parent_run_id, {tracking.TAG_CELLS: json.dumps(cells)})
-    return checks, files
