@@ -1,12 +1,13 @@
 """The paper grid's science on one machine, with the library alone (no Prefect, Ray, MLflow).
 
 Vanilla model, its FGSM / PGD transfer sets, one adversarial pool per method (fgsm, pgd,
-mix) for the largest fraction, the 12 cells (3 methods x 4 fractions, nested subsets of the
-pools), each scored under both protocols (transfer and white-box): what ``skinadv grid``
-runs, step for step through ``skinadv.experiment``, printing the wall time of every step.
-Meant for a GPU machine with torch, numpy, pandas, scikit-learn, matplotlib, pydantic and
-PyYAML (no Ray, Prefect or MLflow, and skinadv need not be installed): copy the
-repository and the 28x28 npz there, then from the repository's root
+mix; mix built from the other two, as the grid does) for the largest fraction, the 12 cells
+(3 methods x 4 fractions, nested subsets of the pools), each scored under both protocols
+(transfer and white-box): what ``skinadv grid`` runs, step for step through
+``skinadv.experiment``, printing the wall time of every step. Meant for a GPU machine with
+torch, numpy, pandas, scikit-learn, matplotlib, pydantic and PyYAML (no Ray, Prefect or
+MLflow, and skinadv need not be installed): copy the repository and the 28x28 npz there,
+then from the repository's root
 
     PYTHONPATH=. python benchmarks/paper_grid.py ham10000_28x28_rgb.npz        # paper preset
     PYTHONPATH=. python benchmarks/paper_grid.py NPZ --subset 600 --epochs 1   # CPU check
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from skinadv import experiment as exp
 from skinadv.config import load_preset
-from skinadv.training import adversarial_pool, augment, prepare_data
+from skinadv.training import adversarial_pool, augment, composes_mix, mix_pool, prepare_data
 
 TIMES: dict[str, float] = {}
 
@@ -82,7 +83,11 @@ def main() -> None:
         }
     x, y = prep.train.to_float()
     pools = {}
-    for method in cfg.methods:
+    for method in sorted(cfg.methods, key=lambda m: m == "mix"):  # mix last: it reuses
+        if composes_mix(cfg.methods) and method == "mix":  # as the grid does
+            with timed("pool mix (from the fgsm and pgd pools)"):
+                pools[method] = mix_pool(pools["fgsm"], pools["pgd"], fraction=max(cfg.fractions))
+            continue
         with timed(f"pool {method}"):
             pools[method] = adversarial_pool(
                 vanilla.model,
