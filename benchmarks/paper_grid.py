@@ -25,6 +25,7 @@ from pathlib import Path
 
 from skinadv import experiment as exp
 from skinadv.config import load_preset
+from skinadv.memory import keep_freed_memory
 from skinadv.training import adversarial_pool, augment, composes_mix, mix_pool, prepare_data
 
 TIMES: dict[str, float] = {}
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write times and accuracies here")
     args = ap.parse_args()
+    keep_freed_memory()  # as the CLI and the grid's workers do
     overrides = {"data.spec": args.npz, "train.device": args.device}
     for key, value in (
         ("data.subset", args.subset),

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from skinadv.commands import bench, console, data, experiment, grid, serve, stack
+from skinadv.memory import keep_freed_memory
 
 app = typer.Typer(
     help="Adversarial attacks and defences for skin-lesion classification (HAM10000).",
@@ -21,6 +22,7 @@ for _group in (experiment, grid, serve, stack, bench):  # flat: ``skinadv train`
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()  # training and attacks in this process reuse freed tensor memory
     try:
         app()
     except KeyboardInterrupt:

@@ -31,6 +31,7 @@ from skinadv.evaluation.checks import eps_sweep, sweep
 from skinadv.evaluation.evaluate import craft_transfer_sets, predict
 from skinadv.evaluation.robust import robust_curve
 from skinadv.evaluation.targeted import targeted_success
+from skinadv.memory import keep_freed_memory
 from skinadv.report import Example
 from skinadv.results import VAL, Evaluation, ModelResult, RobustPoint, TargetedPoint, cell_name
 from skinadv.training import MIX_FROM_POOLS, TrainResult, composes_mix, fit
@@ -413,4 +414,7 @@ def model_cell(meta: Mapping[str, Any]) -> tuple[str | None, float | None]:
 
 
 def set_threads(n: int) -> None:
+    """Prepare this process for compute: ``n`` torch threads, and freed tensor memory kept
+    for reuse instead of page-faulted back in (``skinadv.memory.keep_freed_memory``)."""
     torch.set_num_threads(max(1, int(n)))
+    keep_freed_memory()

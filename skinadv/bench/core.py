@@ -18,6 +18,7 @@ from skinadv.bench.grid_cost import grid_cost
 from skinadv.bench.training import training_throughput
 from skinadv.config import TrainConfig, load_preset
 from skinadv.data import load_dataset, split, stratified_subset
+from skinadv.memory import keep_freed_memory
 from skinadv.training import fit, prepare_data, select_device
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,8 @@ def machine(device: torch.device) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),
+        # every library in the process shares the allocator policy (skinadv.memory)
+        "keep_freed_memory": keep_freed_memory(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

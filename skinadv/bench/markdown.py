@@ -42,7 +42,13 @@ def to_markdown(result: dict[str, Any]) -> str:
         "# skinadv bench",
         "",
         f"Device {m['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''}, "
-        f"{m['threads']} torch threads, torch {m['torch']}; total {result['seconds']:.0f} s.",
+        f"{m['threads']} torch threads, torch {m['torch']}; total {result['seconds']:.0f} s."
+        + (
+            " Freed memory kept for reuse (`skinadv.memory.keep_freed_memory`), for every "
+            "library alike."
+            if m.get("keep_freed_memory")
+            else ""
+        ),
         "",
         "## Attack throughput",
         "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -31,6 +32,45 @@ def test_paper_cnn_layout():
     assert len(convs) == 5 and len(bns) == 5 and len(fcs) == 1
     assert any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
     assert any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+
+
+def _relu_before_pool(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy in the textbook order conv-BN-ReLU-pool (the model pools first)."""
+    ref = copy.deepcopy(model)
+    layers = list(ref.features)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], torch.nn.MaxPool2d) and isinstance(layers[i + 1], torch.nn.ReLU):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    ref.features = torch.nn.Sequential(*layers)
+    return ref
+
+
+def test_paper_cnn_pools_before_relu_and_computes_the_textbook_order_bit_for_bit():
+    torch.manual_seed(3)
+    model = create_model("paper_cnn", width=6)
+    kinds = [type(m).__name__ for m in model.features]
+    assert kinds.count("MaxPool2d") == 3
+    assert all(kinds[i + 1] == "ReLU" for i, k in enumerate(kinds) if k == "MaxPool2d")
+    ref = _relu_before_pool(model)
+    assert [type(m).__name__ for m in ref.features] != kinds
+    # a checkpoint of either order loads into the other: no key moved
+    assert list(ref.state_dict()) == list(model.state_dict())
+    x = torch.randn(32, 3, 28, 28)  # negative and positive pre-activations alike
+    y = torch.randint(0, 7, (32,))
+    for m in (model, ref):  # one training step each: BatchNorm in train mode, dropout off
+        m.dropout.p = 0.0
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+    for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad), name
+    model.eval(), ref.eval()
+    grads = []
+    for m in (model, ref):
+        xi = x.clone().requires_grad_(True)
+        out = m(xi)
+        out.sum().backward()
+        grads.append((out.detach(), xi.grad))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert torch.equal(grads[0][1], grads[1][1])  # the input gradient an attack follows
 
 
 def test_unknown_model_lists_names():
