@@ -10,7 +10,6 @@ torch, so the attacks can use it without an import cycle.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 
@@ -49,8 +48,9 @@ def keep_freed_memory() -> bool:
     faulting took about a third of a PGD step (``aten::fill_`` and ``threshold_backward``
     on fresh buffers led the profile). This sets glibc's mmap threshold to its maximum
     (32 MiB) and keeps up to 512 MiB of freed memory in the heap, so buffers are reused.
-    Measured (quick-preset CNN, 2 threads, same process side by side): PGD 1.5-1.6x the
-    images/s, training 1.1-1.2x (``benchmarks/malloc_reuse.py``).
+    Measured (quick-preset CNN, fresh processes with it on and off, alternated): PGD-50
+    1.49x the images/s on 2 threads and 1.22x on 1, training 1.02x
+    (``benchmarks/malloc_reuse.py``).
 
     Process-wide and idempotent; a no-op returning False where the C library is not glibc
     (macOS, musl) or ``SKINADV_KEEP_FREED_MEMORY=0``. The cost is resident memory: a
@@ -62,9 +62,8 @@ def keep_freed_memory() -> bool:
     _kept = False
     if os.environ.get(KEEP_FREED_MEMORY_ENV, "1").strip().lower() in {"0", "false", "no", "off"}:
         return _kept
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
+        libc = ctypes.CDLL(None)  # the C library this process runs on
         mallopt = getattr(libc, "mallopt", None)
         if mallopt is None or not hasattr(libc, "gnu_get_libc_version"):
             return _kept

@@ -107,6 +107,7 @@ def run_bench(settings: BenchSettings, report: Callable[[str], None] = log.info)
     or data spec (before any work).
     """
     device = select_device(settings.device)
+    kept = keep_freed_memory()  # before any work: every library runs under one policy
     t_start = time.perf_counter()
     ds = load_dataset(settings.data)
     total = settings.train_images + settings.n_images
@@ -159,7 +160,7 @@ def run_bench(settings: BenchSettings, report: Callable[[str], None] = log.info)
     return {
         "skinadv_version": __version__,
         "settings": {**asdict(settings), "device": str(device)},
-        "machine": machine(device),
+        "machine": machine(device, freed_memory_kept=kept),
         "attacks": attacks,
         "training": training,
         "grid_cost": grid,
@@ -183,7 +184,7 @@ def preset_grid_cost(preset: str, data: str) -> dict[str, Any]:
     return {"preset": preset, **out}
 
 
-def machine(device: torch.device) -> dict[str, Any]:
+def machine(device: torch.device, *, freed_memory_kept: bool) -> dict[str, Any]:
     info = {
         "device": str(device),
         "torch": torch.__version__,
@@ -191,7 +192,7 @@ def machine(device: torch.device) -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),
         # every library in the process shares the allocator policy (skinadv.memory)
-        "keep_freed_memory": keep_freed_memory(),
+        "keep_freed_memory": freed_memory_kept,
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -24,7 +24,7 @@ def _conv_bn(c_in: int, c_out: int, *, pool: bool = False) -> list[nn.Module]:
     relu(max(a, b)) exactly, in float too, and the gradient goes to the same element), so
     the network computes bit for bit what conv-BN-ReLU-pool computes, and trains to the same
     weights, while the ReLU and its backward run on a quarter of the elements: 1.07x the
-    training images/s and 1.07-1.15x the PGD images/s on 2 CPU threads. The state dict's
+    training images/s and 1.07-1.20x the PGD images/s on 2 CPU threads. The state dict's
     keys are those of the ReLU-first order (neither layer has parameters or buffers).
     """
     layers: list[nn.Module] = [
