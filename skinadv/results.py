@@ -215,6 +215,9 @@ class ModelResult:
         targeted: targeted attacks between classes (``mel`` -> ``nv``, ...), on the test set.
         cost: what training cost (``seconds``, ``grad_evals``, ... of ``TrainCost``), when
             known; flat as ``train_seconds``, ``train_grad_evals``, ...
+        extra: flat metrics added after training by another command, by name (e.g.
+            ``skinadv verify``'s ``autoattack_2_255_accuracy``, ``ensemble_2_255_accuracy``,
+            ``autoattack_n_images``); the report reads them, ``flat_metrics`` leaves them out.
     """
 
     cell: str
@@ -229,9 +232,11 @@ class ModelResult:
     val_robust: RobustPoint | None = None
     targeted: tuple[TargetedPoint, ...] = ()
     cost: Mapping[str, float] = field(default_factory=dict)
+    extra: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cost", MappingProxyType(dict(self.cost)))
+        object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
 
     @property
     def key(self) -> str:
@@ -300,6 +305,7 @@ class ModelResult:
             "val_robust": None if self.val_robust is None else self.val_robust.to_dict(),
             "targeted": [t.to_dict() for t in self.targeted],
             "cost": dict(self.cost),
+            "extra": dict(self.extra),
         }
 
     @classmethod
@@ -318,6 +324,7 @@ class ModelResult:
             val_robust=d.get("val_robust") and RobustPoint.from_dict(d["val_robust"]),
             targeted=tuple(TargetedPoint.from_dict(t) for t in d.get("targeted", ())),
             cost=d.get("cost") or {},
+            extra={k: float(v) for k, v in (d.get("extra") or {}).items()},
         )
 
 

@@ -1,6 +1,8 @@
 """Intervals for reported numbers: a result is a mean with a 95 % interval, never one run.
 
-Over seeds (training runs) the interval is Student's t (``t_interval``). With a single
+Over seeds (training runs) the interval is Student's t (``t_interval``); a difference
+between two models trained on the same seeds (same split, same vanilla model) is paired by
+seed (``paired_interval``), which removes the spread the two share. With a single
 seed there is nothing to spread over, so the fallback is a percentile bootstrap over test
 images (``bootstrap_interval`` from per-example data, ``confusion_bootstrap`` from a
 confusion matrix): it says how much the number moves with the test set, not with training.
@@ -11,7 +13,7 @@ numpy and scipy only. Values are in whatever unit they come in (fractions or per
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +95,42 @@ def t_interval(values: Any, confidence: float = 0.95) -> Interval:
         return Interval(mean, mean, mean, n, T)
     low, high = _st.t.interval(confidence, n - 1, loc=mean, scale=sem)
     return Interval(mean, float(low), float(high), n, T)
+
+
+def paired_interval(a: Any, b: Any, confidence: float = 0.95) -> Interval:
+    """Mean of the per-seed differences ``a - b`` with its Student-t interval over seeds.
+
+    Models of one seed share the split and the vanilla model, so comparing them seed by
+    seed cancels what the seed does to both (scipy's ``ttest_rel(a, b)``).
+
+    Args:
+        a, b: per-seed values, either two ``{seed: value}`` mappings (matched by seed; a
+            seed missing from either side is left out) or two (n,) sequences already
+            matched by position. Finite numbers in one unit (fractions or percent).
+        confidence: two-sided level in (0, 1).
+
+    Returns:
+        ``Interval(mean difference, low, high, n matched seeds, "t")``; NaN bounds for
+        ``n == 1``, bounds equal to the mean when every seed gives the same difference.
+
+    Raises:
+        ValueError: no seed in common, sequences of different lengths, a NaN or infinite
+            value, or a bad ``confidence``.
+    """
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        seeds = [s for s in a if s in b]
+        if not seeds:
+            raise ValueError(f"paired_interval: no seed in common ({list(a)} vs {list(b)})")
+        a, b = [a[s] for s in seeds], [b[s] for s in seeds]
+    x, y = _finite(a, "paired_interval"), _finite(b, "paired_interval")
+    if x.size != y.size:
+        raise ValueError(f"paired_interval: {x.size} values vs {y.size}")
+    return t_interval(x - y, confidence)
+
+
+def covers_zero(iv: Interval) -> bool:
+    """Whether an interval leaves the sign of a difference open (bounds NaN included)."""
+    return not (iv.low > 0.0 or iv.high < 0.0)
 
 
 def _percentile(point: float, reps: np.ndarray, n: int, confidence: float) -> Interval:
@@ -245,5 +283,7 @@ __all__ = [
     "cm_macro_f1",
     "cm_recall",
     "confusion_bootstrap",
+    "covers_zero",
+    "paired_interval",
     "t_interval",
 ]

@@ -1,4 +1,4 @@
-"""Intervals: Student t over seeds equals scipy's, the bootstrap over test images is
+"""Intervals: Student t over seeds equals scipy's (paired by seed too), the bootstrap over test images is
 deterministic and covers its estimate, confusion-matrix metrics equal scikit-learn's."""
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from skinadv.stats import (
     cm_macro_f1,
     cm_recall,
     confusion_bootstrap,
+    covers_zero,
+    paired_interval,
     t_interval,
 )
 
@@ -59,6 +61,49 @@ def test_t_interval_edge_cases():
             t_interval(bad)
     with pytest.raises(ValueError, match="confidence"):
         t_interval([1.0, 2.0], confidence=95)
+
+
+@pytest.mark.parametrize("n, confidence", [(3, 0.95), (5, 0.95), (8, 0.9)])
+def test_paired_interval_matches_scipy(n, confidence):
+    rng = np.random.default_rng(n)
+    shared = rng.normal(60.0, 5.0, n)  # what a seed does to both models
+    a, b = shared + rng.normal(3.0, 1.0, n), shared + rng.normal(0.0, 1.0, n)
+    iv = paired_interval(a, b, confidence)
+    ci = st.ttest_rel(a, b).confidence_interval(confidence)
+    assert (iv.low, iv.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    d = a - b
+    low, high = st.t.interval(confidence, n - 1, loc=d.mean(), scale=st.sem(d))
+    assert (iv.low, iv.high) == (pytest.approx(low), pytest.approx(high))
+    assert iv.mean == pytest.approx(d.mean()) and iv.n == n and iv.method == "t"
+    # pairing removes the shared spread: narrower than two unpaired intervals would say
+    assert iv.half_width < t_interval(a).half_width + t_interval(b).half_width
+
+
+def test_paired_interval_matches_seeds_by_key():
+    a = {0: 0.62, 1: 0.60, 2: 0.66, 7: 0.9}  # seed 7 has no partner: left out
+    b = {2: 0.61, 0: 0.58, 1: 0.57}
+    iv = paired_interval(a, b)
+    d = np.array([0.62 - 0.58, 0.60 - 0.57, 0.66 - 0.61])
+    ci = st.ttest_rel(d, np.zeros(3)).confidence_interval()
+    assert iv.n == 3 and iv.mean == pytest.approx(d.mean())
+    assert (iv.low, iv.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert not covers_zero(iv)
+    one = paired_interval({4: 0.7}, {4: 0.6, 5: 0.5})
+    assert one.n == 1 and one.mean == pytest.approx(0.1)
+    assert math.isnan(one.low) and math.isnan(one.high) and covers_zero(one)
+    with pytest.raises(ValueError, match="no seed in common"):
+        paired_interval({0: 0.5}, {1: 0.5})
+    with pytest.raises(ValueError, match="3 values vs 2"):
+        paired_interval([0.1, 0.2, 0.3], [0.1, 0.2])
+    with pytest.raises(ValueError):
+        paired_interval([0.1, float("nan")], [0.1, 0.2])
+
+
+def test_covers_zero():
+    assert covers_zero(Interval(0.5, -0.1, 1.1, 3))
+    assert covers_zero(Interval(0.0, 0.0, 0.0, 3))  # no difference at all
+    assert not covers_zero(Interval(-0.5, -1.0, -0.1, 3))
+    assert not covers_zero(Interval(0.2, 0.2, 0.2, 3))
 
 
 def test_bootstrap_is_deterministic_and_covers_the_estimate():
