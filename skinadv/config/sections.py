@@ -13,7 +13,7 @@ from skinadv.results import eps_label
 
 METHODS: tuple[str, ...] = ("fgsm", "pgd", "mix")
 #: on-the-fly adversarial training (every batch attacked while training)
-DefenceMethod = Literal["pgd-at", "trades", "fast-at"]
+DefenceMethod = Literal["pgd-at", "trades", "n-fgsm", "fast-at"]
 DEFENCES: tuple[str, ...] = get_args(DefenceMethod)
 
 
@@ -135,15 +135,18 @@ class MIFGSMConfig(_Config):
 
 
 class APGDConfig(_Config):
-    """APGD-CE / APGD-DLR (Croce & Hein 2020), parameter-free but for the budget.
+    """APGD-CE / APGD-DLR / APGD-T (Croce & Hein 2020), parameter-free but for the budget.
 
     ``eps`` 0.3 mirrors pgd's; robustness sweeps pass their own eps per budget.
+    ``n_target_classes`` goes to APGD-T only: the target classes it tries (6: every other
+    class of the 7; ``restarts`` runs each).
     """
 
     eps: float = 0.3
     steps: int = Field(100, ge=1)
     restarts: int = Field(1, ge=1)
     rho: float = Field(0.75, gt=0.0, le=1.0)
+    n_target_classes: int = Field(6, ge=1)
 
     @field_validator("eps")
     @classmethod
@@ -151,14 +154,17 @@ class APGDConfig(_Config):
         return check_eps(v)
 
 
-#: attack name -> its AttackConfig section (both APGD losses share one)
+#: attack name -> its AttackConfig section (the three APGD attacks share one)
 _ATTACK_SECTIONS = {
     "fgsm": "fgsm",
     "pgd": "pgd",
     "mifgsm": "mifgsm",
     "apgd_ce": "apgd",
     "apgd_dlr": "apgd",
+    "apgd_t": "apgd",
 }
+#: section fields only some of the section's attacks take: field -> those attacks
+_ONLY_FOR: dict[str, tuple[str, ...]] = {"n_target_classes": ("apgd_t",)}
 
 
 class AttackConfig(_Config):
@@ -176,15 +182,35 @@ class AttackConfig(_Config):
             raise ValueError(
                 f"unknown attack {attack!r}; choose one of {', '.join(_ATTACK_SECTIONS)}"
             )
-        return getattr(self, _ATTACK_SECTIONS[attack]).model_dump()
+        section = getattr(self, _ATTACK_SECTIONS[attack]).model_dump()
+        return {k: v for k, v in section.items() if attack in _ONLY_FOR.get(k, (attack,))}
 
     def specs(self, attacks: Iterable[str] = ("fgsm", "pgd")) -> dict[str, dict[str, Any]]:
         """Attack specs for ``evaluate``: ``{name: {"attack": name, **kwargs}}``."""
         return {a: {"attack": a, **self.kwargs(a)} for a in attacks}
 
 
+#: learning-rate schedules (``TrainConfig.schedule``)
+Schedule = Literal["constant", "onecycle", "cosine"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+#: training-time augmentations (``TrainConfig.augment``)
+Augment = Literal["none", "flips"]
+AUGMENTS: tuple[str, ...] = get_args(Augment)
+
+
 class TrainConfig(_Config):
-    """The training loop (Adam on cross-entropy)."""
+    """The training loop (Adam on cross-entropy).
+
+    ``schedule``: ``constant`` keeps ``lr`` (the paper's recipe); ``onecycle`` (Smith &
+    Topin 2019, torch's ``OneCycleLR``) warms up from lr / 25 to ``lr`` over the first
+    ``warmup`` share of the steps and anneals (cosine) to lr / 25 / 1e4; ``cosine`` warms up
+    linearly from 0 to ``lr`` and anneals (cosine) to 0. Stepped once per batch.
+    ``augment``: ``flips`` flips each training image horizontally and vertically with
+    probability 1/2 each (dermoscopy has no orientation); attacks, pools and scoring never
+    see augmentation. ``precision``: ``bf16`` runs the training forward and backward passes
+    under bfloat16 autocast (native on AMX / AVX512-BF16 CPUs and recent GPUs); the weights
+    stay float32.
+    """
 
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(128, ge=2)
@@ -193,6 +219,10 @@ class TrainConfig(_Config):
     weight_decay: float = Field(0.0, ge=0.0)
     seed: int = 0
     device: str = "auto"
+    schedule: Schedule = "constant"
+    warmup: float = Field(0.25, ge=0.0, lt=1.0)
+    augment: Augment = "none"
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class AdvTrainConfig(_Config):
@@ -272,6 +302,8 @@ class DefenceConfig(_Config):
 
     ``pgd-at`` (Madry et al. 2018): train on PGD-``steps`` examples, random start.
     ``trades`` (Zhang et al. 2019): CE(f(x), y) + ``beta`` * KL(f(x) || f(x_adv)).
+    ``n-fgsm`` (de Jorge et al. 2022): FGSM from uniform noise in +-``noise`` * eps, a step
+    of ``alpha`` (default eps), no projection back to the eps-ball; FGSM's cost, no guard.
     ``fast-at`` (Wong et al. 2020): FGSM from a uniform random start, with a guard that
     restores the best epoch when PGD accuracy on a fixed training batch drops by more than
     ``guard_drop`` (catastrophic overfitting).
@@ -281,8 +313,10 @@ class DefenceConfig(_Config):
     eps: float  # L-inf training budget in [0, 1] pixel units
     steps: int = Field(5, ge=1)  # PGD steps (pgd-at, trades); fast-at takes one
     beta: float = Field(6.0, ge=0.0)  # trades' robustness weight
-    alpha: float | None = None  # None: 2.5 * eps / steps (pgd-at, trades), 1.25 * eps (fast-at)
+    # None: 2.5 * eps / steps (pgd-at, trades), 1.25 * eps (fast-at), eps (n-fgsm)
+    alpha: float | None = None
     guard_drop: float = Field(0.2, gt=0.0, le=1.0)  # fast-at: accuracy drop (fraction)
+    noise: float = Field(2.0, ge=0.0)  # n-fgsm: uniform noise in +-noise * eps (paper: 2)
 
     @field_validator("eps", "alpha", mode="before")
     @classmethod
@@ -303,4 +337,6 @@ class DefenceConfig(_Config):
         """``alpha``, or the method's default when it is None."""
         if self.alpha is not None:
             return self.alpha
+        if self.method == "n-fgsm":
+            return self.eps
         return 1.25 * self.eps if self.method == "fast-at" else 2.5 * self.eps / self.steps

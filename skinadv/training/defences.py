@@ -1,8 +1,8 @@
 """On-the-fly adversarial training: every batch is attacked as it is used.
 
 Per-batch losses for ``fit(..., defence=...)``: PGD-AT (Madry et al. 2018), TRADES (Zhang
-et al. 2019) and fast AT (Wong et al. 2020), plus fast AT's guard against catastrophic
-overfitting. Each loss returns what it cost in gradient evaluations, counted in images: a
+et al. 2019), N-FGSM (de Jorge et al. 2022) and fast AT (Wong et al. 2020), plus fast AT's
+guard against catastrophic overfitting. Each loss returns what it cost in gradient evaluations, counted in images: a
 forward+backward pass over one image is one evaluation (clean training: 1 per image).
 
 Crafting mode: every attack here runs with the model in eval() and the update in train().
@@ -163,9 +163,54 @@ def fast_at_loss(
     return BatchLoss(F.cross_entropy(logits, y), logits.detach(), 2 * n)
 
 
+def n_fgsm_example(
+    model: nn.Module, x: Tensor, y: Tensor, defence: DefenceConfig, gen: torch.Generator
+) -> Tensor:
+    """N-FGSM's training example: x + noise, one signed-gradient step, no projection.
+
+    The noise is uniform in +-``defence.noise`` * eps, the step ``defence.step_size()``
+    (eps unless ``alpha``); the result is clamped to the image range [0, 1] only, so it may
+    lie up to (noise + 1) * eps from x, as in the paper's reference code.
+
+    Args:
+        model: attacked as it is (the caller picks its mode).
+        x: (N, 3, H, W) float in [0, 1]; y: (N,) int64 labels.
+        defence: eps, noise, alpha; gen: CPU generator for the noise.
+
+    Returns:
+        (N, 3, H, W) float in [0, 1], detached.
+    """
+    bound = defence.noise * defence.eps
+    noise = (torch.rand(x.shape, generator=gen) * 2 - 1) * bound
+    x0 = torch.clamp(x + noise.to(device=x.device, dtype=x.dtype), 0.0, 1.0)
+    grad, _, _ = _input_grad(model, x0, y)
+    return torch.clamp(x0 + defence.step_size() * grad.sign(), 0.0, 1.0).detach()
+
+
+def n_fgsm_loss(
+    model: nn.Module, x: Tensor, y: Tensor, defence: DefenceConfig, gen: torch.Generator
+) -> BatchLoss:
+    """N-FGSM, from "Make Some Noise: Reliable and Efficient Single-Step Adversarial Training".
+
+    [https://arxiv.org/abs/2202.01181] (de Jorge et al., 2022)
+
+    Threat model: L-inf, training budget ``defence.eps``. FGSM from uniform noise in
+    +-2 eps with a step of eps and no projection back to the eps-ball: the stronger noise
+    and the unclipped step avoid catastrophic overfitting without a guard, at FGSM's cost
+    (2 gradient evaluations per image).
+    """
+    if defence.eps == 0:
+        return clean_loss(model, x, y, defence, gen)
+    with eval_mode(model):
+        x_adv = n_fgsm_example(model, x, y, defence, gen)
+    logits = model(x_adv)
+    return BatchLoss(F.cross_entropy(logits, y), logits.detach(), 2 * x.shape[0])
+
+
 LOSSES: dict[str, LossFn] = {
     "pgd-at": pgd_at_loss,
     "trades": trades_loss,
+    "n-fgsm": n_fgsm_loss,
     "fast-at": fast_at_loss,
 }
 
@@ -256,6 +301,8 @@ __all__ = [
     "fast_at_loss",
     "guard_accuracy",
     "loss_fn",
+    "n_fgsm_example",
+    "n_fgsm_loss",
     "pgd_at_loss",
     "trades_loss",
 ]

@@ -17,6 +17,7 @@ from skinadv.data import Dataset
 from skinadv.models import create_model
 from skinadv.training.defences import Guard, loss_fn
 from skinadv.training.prep import ArrayLike, to_arrays
+from skinadv.training.recipe import flip_batch, lr_scheduler, steps_per_epoch, train_autocast
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class EpochStats:
     train_acc: float  # accuracy on what was trained on (adversarial for pgd-at / fast-at)
     seconds: float  # wall time of the epoch
     guard_acc: float | None = None  # fast-at: PGD accuracy on the guard's training batch
+    lr: float | None = None  # the learning rate at the end of the epoch (after its last step)
 
     def as_dict(self) -> dict[str, float]:
         """The fields that have a value (``guard_acc`` only for fast-at)."""
@@ -133,7 +135,8 @@ def fit(
             seed gives the same initial weights).
         train: a Dataset (uint8 images are scaled to [0, 1]) or (x, y): x (N, 3, H, W) float
             in [0, 1], y (N,) int64.
-        cfg: epochs, batch size, learning rate, weight decay, seed, device.
+        cfg: epochs, batch size, learning rate and its schedule, flips, precision, weight
+            decay, seed, device (``skinadv.config.TrainConfig``).
         on_epoch: called after every epoch with an ``EpochStats``.
         model_kwargs: factory arguments when ``model_or_name`` is a name.
         defence: attack every batch as it is used (``pgd-at``, ``trades``, ``fast-at``; see
@@ -154,8 +157,12 @@ def fit(
     if device.type == "cuda":  # the whole set fits on a GPU: no per-batch host copies
         x, y = x.to(device), y.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = x.shape[0]
+    sched = lr_scheduler(opt, cfg, cfg.epochs * steps_per_epoch(n, cfg.batch_size))
     order_gen = torch.Generator().manual_seed(cfg.seed)
     attack_gen = torch.Generator().manual_seed(_stream_seed(cfg.seed, 1))
+    flip_gen = torch.Generator().manual_seed(_stream_seed(cfg.seed, 3))
+    autocast = train_autocast(cfg, device)
     batch_loss = loss_fn(defence)
     guard = None
     if defence is not None and defence.method == "fast-at" and defence.eps > 0:
@@ -167,7 +174,6 @@ def fit(
             seed=_stream_seed(cfg.seed, 2),
         )
     label = "clean" if defence is None else defence.name
-    n = x.shape[0]
     history: list[EpochStats] = []
     grad_evals = forwards = 0
     kept_epoch = 0
@@ -185,11 +191,16 @@ def fit(
             if idx.numel() < 2:  # BatchNorm cannot train on a batch of one
                 continue
             xb, yb = x[idx.to(x.device)].to(device), y[idx.to(y.device)].to(device)
+            if cfg.augment == "flips":  # before the defence: it attacks what is trained on
+                xb = flip_batch(xb, flip_gen)
             xb = xb.contiguous(memory_format=torch.channels_last)
-            out = batch_loss(model, xb, yb, defence, attack_gen)
+            with autocast:
+                out = batch_loss(model, xb, yb, defence, attack_gen)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             grad_evals += out.grad_evals
             forwards += out.forwards
             total_loss += out.loss.detach().double() * idx.numel()
@@ -202,7 +213,12 @@ def fit(
             )
         guard_acc = guard.check(model, epoch) if guard is not None else None
         stats = EpochStats(
-            epoch, mean_loss, int(correct) / max(seen, 1), time.perf_counter() - t0, guard_acc
+            epoch,
+            mean_loss,
+            int(correct) / max(seen, 1),
+            time.perf_counter() - t0,
+            guard_acc,
+            opt.param_groups[0]["lr"],
         )
         history.append(stats)
         kept_epoch = epoch

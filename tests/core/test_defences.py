@@ -52,7 +52,7 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def test_defence_config_names_and_defaults():
-    assert DEFENCES == get_args(DefenceMethod) == ("pgd-at", "trades", "fast-at")
+    assert DEFENCES == get_args(DefenceMethod) == ("pgd-at", "trades", "n-fgsm", "fast-at")
     pgd_at = DefenceConfig(method="pgd-at", eps=EPS)
     assert pgd_at.name == "pgd-at@2_255" and DefenceConfig(method="trades", eps=0.3).name == (
         "trades@0.3"
@@ -122,7 +122,7 @@ def test_defence_trains_deterministically_with_its_cost(method, small_set, clean
     assert all(np.isfinite(s.loss) and 0 <= s.train_acc <= 1 for s in a.history)
     clean = clean_small.cost.grad_evals
     assert clean == SMALL.epochs * 140 and clean_small.cost.forwards == 0
-    ratio = {"pgd-at": STEPS + 1, "trades": STEPS + 2, "fast-at": 2}[method]
+    ratio = {"pgd-at": STEPS + 1, "trades": STEPS + 2, "n-fgsm": 2, "fast-at": 2}[method]
     assert a.cost.grad_evals == ratio * clean
     assert a.cost.forwards == (clean if method == "trades" else 0)
     guard = SMALL.epochs * GUARD_STEPS * min(GUARD_SIZE, 140) if method == "fast-at" else 0

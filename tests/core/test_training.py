@@ -66,7 +66,7 @@ def test_fit_hook_and_result(small_train):
     # clean training: one gradient evaluation per image per epoch, no defence, no guard
     assert res.cost.grad_evals == 2 * 203 and res.cost.forwards == res.cost.guard_evals == 0
     assert res.defence is None and res.kept_epoch == 2 and not res.guard_triggered
-    assert set(seen[0].as_dict()) == {"epoch", "loss", "train_acc", "seconds"}
+    assert set(seen[0].as_dict()) == {"epoch", "loss", "train_acc", "seconds", "lr"}
 
 
 def test_fit_cost_skips_batches_of_one(small_train):
