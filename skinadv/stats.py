@@ -275,8 +275,8 @@ def confusion_bootstrap(
 
 __all__ = [
     "BOOTSTRAP",
-    "T",
     "Interval",
+    "T",
     "bootstrap_interval",
     "cm_accuracy",
     "cm_balanced_accuracy",

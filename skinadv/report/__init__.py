@@ -11,21 +11,29 @@ Markdown and one self-contained HTML file; ``results_table`` is the console view
 Every number is a mean over seeds with a 95 % interval (``skinadv.stats``: Student t over
 seeds; one seed: a bootstrap over test images), shown as "61.0 ± 2.3" beside n.
 
-Modules: ``frame`` (results to frames of means and intervals), ``tables`` (the tables,
-column labels, the paper's numbers, the console table), ``figures``, ``text`` (verdict,
-headline and protocol notes), ``page`` (the report object and its sections), ``markup``
-(Markdown and HTML), ``render`` (assembly and files).
+Differences a claim rests on (a defence against the vanilla model, white-box against
+transfer) are paired by seed: the mean per-seed difference with its t-interval over the
+seeds both share (``paired``); one whose interval covers 0 is called unresolved.
+
+Modules: ``frame`` (results to frames of means and intervals), ``paired`` (differences
+paired by seed), ``tables`` (the tables, column labels, the paper's numbers), ``console``
+(the terminal's summary table), ``autoattack`` (``skinadv verify``'s AutoAttack figures
+beside our ensemble's), ``figures``, ``text`` (verdict, headline and protocol notes),
+``page`` (the report object and its sections), ``markup`` (Markdown and HTML), ``render``
+(assembly and files).
 """
 
+from skinadv.report.autoattack import autoattack_flags, autoattack_table
+from skinadv.report.console import results_table
 from skinadv.report.figures import Example, curve_figure, examples_figure, fraction_figure
-from skinadv.report.frame import ONE_SEED_NOTE, curve_frame, results_frame
+from skinadv.report.frame import ONE_SEED_NOTE, curve_frame, nv_baseline, results_frame
+from skinadv.report.paired import paired_differences, paired_table
 from skinadv.report.render import Report, build_report, save_report, to_html, to_markdown
 from skinadv.report.tables import (
     PAPER_BEST,
     PAPER_VANILLA,
     defences_table,
     grid_table,
-    results_table,
     robust_table,
     table1,
     table2,
@@ -38,6 +46,8 @@ __all__ = [
     "PAPER_VANILLA",
     "Example",
     "Report",
+    "autoattack_flags",
+    "autoattack_table",
     "build_report",
     "curve_figure",
     "curve_frame",
@@ -46,6 +56,9 @@ __all__ = [
     "fraction_figure",
     "grid_table",
     "headline",
+    "nv_baseline",
+    "paired_differences",
+    "paired_table",
     "protocol_notes",
     "results_frame",
     "results_table",

@@ -16,6 +16,7 @@ import pandas as pd
 
 from skinadv.config import METHODS
 from skinadv.data import CLASSES
+from skinadv.data.dataset import HAM10000_COUNTS
 from skinadv.results import METRICS, PROTOCOLS, VAL, ModelResult, metric_key
 from skinadv.selection import best_per_method
 from skinadv.stats import (
@@ -158,6 +159,26 @@ def curve_frame(results: Sequence[ModelResult]) -> pd.DataFrame:
                 row.update({m: iv.mean, m + LOW: iv.low, m + HIGH: iv.high})
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: Accuracy (%) of always predicting ``nv`` on the full HAM10000 (6705 of 10015: 66.9).
+NV_FULL_DATA = 100.0 * HAM10000_COUNTS["nv"] / sum(HAM10000_COUNTS.values())
+
+
+def nv_baseline(results: Sequence[ModelResult]) -> float | None:
+    """Accuracy (%) of always predicting ``nv`` on the test set these results were scored
+    on: the share of ``nv`` in the test labels, read from a clean confusion matrix (rows =
+    true class), averaged over seeds (each seed has its own split). None when no result kept
+    its confusion matrix."""
+    nv, shares = CLASSES.index("nv"), {}
+    for r in sort_results(results):  # the vanilla model first
+        cm = r.transfer.metrics.get("clean", {}).get("confusion_matrix")
+        if cm is None or r.seed in shares:
+            continue
+        cm = np.asarray(cm, dtype=np.float64)
+        if cm.sum() > 0:
+            shares[r.seed] = 100.0 * cm[nv].sum() / cm.sum()
+    return float(np.mean(list(shares.values()))) if shares else None
 
 
 def vanilla_row(frame: pd.DataFrame) -> pd.Series:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from skinadv.report.autoattack import autoattack_flags, autoattack_note, autoattack_table
+from skinadv.report.console import baseline_words
 from skinadv.report.figures import (
     Example,
     curve_figure,
@@ -32,6 +34,7 @@ from skinadv.report.frame import (
 )
 from skinadv.report.markup import to_html, to_markdown
 from skinadv.report.page import Report
+from skinadv.report.paired import paired_note, paired_table
 from skinadv.report.tables import (
     clinical_table,
     defences_table,
@@ -92,9 +95,15 @@ def build_report(
     frame = results_frame(results)
     tables = {
         "table1_vanilla": table1(frame),
+        "paired_differences": paired_table(results),
         "table2_best_split": table2(frame),
         "grid_all_cells": grid_table(frame),
     }
+    notes = {}
+    if tables["paired_differences"].empty:  # the vanilla model alone
+        del tables["paired_differences"]
+    else:
+        notes["paired_differences"] = paired_note(tables["paired_differences"])
     figures = {}
     if not tables["grid_all_cells"].empty:  # a vanilla-only run has no fraction axis
         figures["accuracy_vs_fraction"] = fraction_figure(frame)
@@ -111,6 +120,18 @@ def build_report(
     clinical = clinical_table(frame)
     if not clinical.empty:
         tables["clinical"] = clinical
+    autoattack = autoattack_table(results)
+    if not autoattack.empty:
+        tables["autoattack"] = autoattack
+        notes["autoattack"] = autoattack_note(autoattack)
+    for name, t in tables.items():
+        if name not in notes and bootstrapped(t):
+            notes[name] = ONE_SEED_NOTE
+    # accuracy stands beside what a model that always says "nevus" would score
+    nv = baseline_words(results)
+    notes["table1_vanilla"] = "; ".join(
+        [n for n in (notes.get("table1_vanilla"), nv[0].upper() + nv[1:]) if n]
+    )
     for param, rows in (sweeps or {}).items():
         if rows:
             tables[f"sweep_{param}"] = sweep_table(rows, param)
@@ -124,7 +145,8 @@ def build_report(
         notes=protocol_notes(frame),
         checks=list(checks),
         context={k: str(v) for k, v in context.items()},
-        table_notes={n: ONE_SEED_NOTE for n, t in tables.items() if bootstrapped(t)},
+        table_notes=notes,
+        table_flags={"autoattack": autoattack_flags(autoattack)} if not autoattack.empty else {},
         verdict=" ".join(verdict(frame, results)),
     )
 

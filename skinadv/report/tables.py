@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from skinadv.report.autoattack import SQUARE
 from skinadv.report.frame import (
     HIGH,
     LOW,
     eps_of,
     on_the_fly,
-    results_frame,
     robust_columns,
     robust_key,
     static_cells,
@@ -28,7 +28,8 @@ from skinadv.report.frame import (
     vanilla_row,
     with_interval,
 )
-from skinadv.results import METRICS, PROTOCOLS, VAL, ModelResult, eps_text, metric_key
+from skinadv.report.paired import GAP, VS
+from skinadv.results import METRICS, PROTOCOLS, VAL, eps_text, metric_key
 from skinadv.selection import best_per_method
 
 #: The paper's two attacks, in table order.
@@ -42,20 +43,24 @@ PAPER_BEST = {
     "mix": {"fraction": 0.6, "clean": 67.34, "fgsm": 66.70, "pgd": 66.00},
 }
 
-_ACC_BAL = ("accuracy", "balanced_accuracy")
+#: Clinical figures lead, accuracy (the paper's figure) beside them.
+_BAL_ACC = ("balanced_accuracy", "accuracy")
+_CLINICAL = ("balanced_accuracy", "mel_recall", "accuracy")
 
 
 def table1(frame: pd.DataFrame) -> pd.DataFrame:
-    """Vanilla model: clean / FGSM / PGD accuracy and balanced accuracy (each with its
-    interval) under each protocol, and the paper's Table 1 (accuracy only)."""
+    """Vanilla model under each protocol: clean / FGSM / PGD balanced accuracy, melanoma
+    recall and accuracy (each with its interval), and the paper's Table 1 (accuracy only).
+    A metric not scored under attack (melanoma recall of an older run) is left out."""
     v = vanilla_row(frame)
-    names = [f"{a}_{m}" for a in ("clean", *ATTACKS) for m in _ACC_BAL]
+    names = [f"{a}_{m}" for m in _CLINICAL for a in ("clean", *ATTACKS)]
+    names = [n for n in names if n.startswith("clean_") or _scored(frame, n)]
     rows: list[dict[str, Any]] = []
     for p in PROTOCOLS:
         row: dict[str, Any] = {"protocol": "white-box" if p == "whitebox" else p}
         row["seeds"] = v["seeds"]
         for a in ("clean", *ATTACKS):
-            for m in _ACC_BAL:
+            for m in _CLINICAL:
                 key = metric_key(p, a, m)
                 for end in ("", LOW, HIGH):
                     row[f"{a}_{m}{end}"] = v.get(key + end, np.nan)
@@ -65,14 +70,21 @@ def table1(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def _scored(frame: pd.DataFrame, name: str) -> bool:
+    """Whether ``fgsm_mel_recall`` (say) was scored under some protocol for some model."""
+    keys = [f"{p}_{name}" for p in PROTOCOLS]
+    return any(k in frame and frame[k].notna().any() for k in keys)
+
+
 def grid_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Every static cell (method x fraction): clean metrics, then accuracy and balanced
-    accuracy under each attack and protocol, each with its interval."""
+    """Every static cell (method x fraction): clean balanced accuracy, melanoma recall and
+    accuracy, then balanced accuracy and accuracy under each attack and protocol, each with
+    its interval."""
     cols = [
-        "clean_accuracy",
         "clean_balanced_accuracy",
         "clean_mel_recall",
-        *(metric_key(p, a, m) for p in PROTOCOLS for a in ATTACKS for m in _ACC_BAL),
+        "clean_accuracy",
+        *(metric_key(p, a, m) for p in PROTOCOLS for a in ATTACKS for m in _BAL_ACC),
     ]
     cols = ["method", "fraction", "seeds", *with_interval(frame, cols)]
     return static_cells(frame).reindex(columns=cols).reset_index(drop=True)
@@ -91,15 +103,16 @@ def table2(frame: pd.DataFrame) -> pd.DataFrame:
     """Best split per method (see ``best_cells``), white-box beside transfer, then the
     paper's best cell for that method."""
     cols = [
-        "clean_accuracy",
         "clean_balanced_accuracy",
+        "clean_mel_recall",
+        "clean_accuracy",
         *(
             k
             for p in PROTOCOLS
             for k in (
-                metric_key(p, "fgsm", "accuracy"),
-                metric_key(p, "pgd", "accuracy"),
                 metric_key(p, "pgd", "balanced_accuracy"),
+                metric_key(p, "pgd", "accuracy"),
+                metric_key(p, "fgsm", "accuracy"),
             )
         ),
     ]
@@ -111,7 +124,7 @@ def table2(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _robust(frame: pd.DataFrame, metrics: Sequence[str] = _ACC_BAL) -> list[str]:
+def _robust(frame: pd.DataFrame, metrics: Sequence[str] = _BAL_ACC) -> list[str]:
     """Robust-curve columns at eps > 0 (eps 0 is the clean accuracy, shown already)."""
     cols = [c for m in metrics for c in robust_columns(frame, m)]
     return [c for c in cols if eps_of(robust_key(c)[0]) > 0]
@@ -119,17 +132,19 @@ def _robust(frame: pd.DataFrame, metrics: Sequence[str] = _ACC_BAL) -> list[str]
 
 def defences_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Defences trained on the fly (``pgd-at``, ``trades``, ...) beside the vanilla model:
-    clean and white-box PGD accuracy and balanced accuracy, and robust balanced accuracy
-    at each eps of the curve when there is one (``robust_table`` has both metrics). Empty
-    when no such defence was run."""
+    clean balanced accuracy, melanoma recall and accuracy, white-box PGD balanced accuracy
+    and accuracy, and robust balanced accuracy at each eps of the curve when there is one
+    (``robust_table`` has all metrics), then what training cost. Empty when no such defence
+    was run."""
     rows = on_the_fly(frame)
     if rows.empty:
         return rows.reindex(columns=["cell", "seeds"])
     cols = [
-        "clean_accuracy",
         "clean_balanced_accuracy",
-        "whitebox_pgd_accuracy",
+        "clean_mel_recall",
+        "clean_accuracy",
         "whitebox_pgd_balanced_accuracy",
+        "whitebox_pgd_accuracy",
         *_robust(frame, ["balanced_accuracy"]),
         "train_seconds",
         "train_grad_evals",
@@ -141,10 +156,11 @@ def defences_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def robust_table(frame: pd.DataFrame, cells: Sequence[str]) -> pd.DataFrame:
-    """The robust-accuracy figure's lines (``curve_cells``) as numbers: worst-case accuracy
-    and balanced accuracy at each eps > 0."""
+    """The robust-accuracy figure's lines (``curve_cells``) as numbers: worst-case balanced
+    accuracy, melanoma recall and accuracy at each eps > 0."""
     rows = frame.set_index("cell").loc[list(cells)].reset_index()
-    return rows.reindex(columns=["cell", "seeds", *with_interval(frame, _robust(frame))])
+    cols = _robust(frame, _CLINICAL)
+    return rows.reindex(columns=["cell", "seeds", *with_interval(frame, cols)])
 
 
 def clinical_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -197,6 +213,11 @@ _PLAIN = {
     "restarts": "PGD restarts",
     "accuracy": "Acc. (%)",
     "balanced_accuracy": "Bal. acc. (%)",
+    # AutoAttack vs our ensemble
+    "budget": "Eps (L-inf)",
+    "n_images": "n (images)",
+    "autoattack_minus_ensemble_accuracy": "AutoAttack − ensemble, acc. (points)",
+    SQUARE: "Images only Square fooled",
 }
 _METRIC_WORDS = {
     "accuracy": "acc.",
@@ -213,7 +234,15 @@ GROUPS = {
     "robust_mel_recall": "Robust mel. recall (%), worst case, by eps",
     "val": "Validation split",
     "targeted": "Targeted PGD success (%), source -> target at eps",
+    "vs_vanilla": "Model − vanilla of the same seed (points)",
+    "wb_minus_tr": "White-box − transfer, same model (points)",
+    "aa_balanced_accuracy": "Bal. acc. (%)",
+    "aa_mel_recall": "Mel. recall (%)",
+    "aa_accuracy": "Acc. (%)",
 }
+#: Signed differences in points: shown as "+1.2".
+SIGNED = (VS, GAP, "autoattack_minus_")
+_SIDES = {"autoattack": "AutoAttack", "ensemble": "Our ensemble"}
 _PROTOCOL_WORDS = {"transfer": "transfer", "whitebox": "white-box"}
 
 
@@ -227,6 +256,13 @@ def column_label(col: str) -> Label:
     if col.startswith(VAL):
         inner = column_label(col.removeprefix(VAL))
         return Label(f"Validation: {inner.full}", inner.short, GROUPS["val"])
+    if col.startswith((VS, GAP)):
+        return _difference_label(col)
+    side, _, metric = col.partition("_")
+    if side in _SIDES and metric in METRICS:
+        words = _METRIC_WORDS[metric]
+        group = GROUPS[f"aa_{metric}"]
+        return Label(f"{_SIDES[side]} {words} (%)", _SIDES[side], group)
     targeted = targeted_key(col)
     if targeted is not None:
         source, target, eps = targeted
@@ -260,6 +296,23 @@ def column_label(col: str) -> Label:
     return Label(full, short, GROUPS[protocol])
 
 
+def _difference_label(col: str) -> Label:
+    """``vs_vanilla_clean_balanced_accuracy`` -> "Clean bal. acc. − vanilla (points)" (short
+    "Clean bal. acc."); ``wb_minus_tr_pgd_accuracy`` -> "PGD acc., white-box − transfer
+    (points)" (short "PGD acc.")."""
+    if col.startswith(VS):
+        inner = column_label(col.removeprefix(VS))
+        short = inner.short.removesuffix(" (%)")
+        if inner.group and inner.group.startswith("Robust"):  # "2/255" alone says too little
+            short = inner.full.removesuffix(" (%)")
+        return Label(
+            f"{inner.full.removesuffix(' (%)')} − vanilla (points)", short, GROUPS["vs_vanilla"]
+        )
+    attack, _, metric = col.removeprefix(GAP).partition("_")
+    short = f"{attack.upper()} {_METRIC_WORDS.get(metric, metric)}"
+    return Label(f"{short}, white-box − transfer (points)", short, GROUPS["wb_minus_tr"])
+
+
 def format_value(col: str, v: Any, *, quoted: bool = False) -> str:
     """Fractions as "80 %", counts as integers, ours with one decimal, the paper's numbers
     as it quotes them (2 decimals: ``quoted`` or a ``paper_`` column); missing as a dash.
@@ -270,56 +323,14 @@ def format_value(col: str, v: Any, *, quoted: bool = False) -> str:
         return f"{100 * float(v):.0f} %"
     if col == "train_grad_evals":
         return f"{float(v):,.0f}"
-    if col in ("seeds", "seed", "steps", "restarts"):
+    if col in ("seeds", "seed", "steps", "restarts", "n_images"):
         return str(int(v))
-    if col == "eps":
+    if col in ("eps", "budget"):
         return eps_text(float(v))
+    if col == SQUARE:
+        return f"{float(v):g}"
+    if col.startswith(SIGNED):
+        return f"{float(v):+.1f}"
     if isinstance(v, (float, np.floating)):
         return f"{v:.2f}" if quoted or col.startswith("paper_") else f"{v:.1f}"
     return str(v)
-
-
-# --------------------------------------------------------------------------- console
-
-
-def results_table(results: Sequence[ModelResult]):
-    """A rich table for the terminal: one row per model (vanilla, then methods x fractions,
-    then defences trained on the fly), accuracy then balanced accuracy (%) clean /
-    transfer / white-box; fits 80 columns. With several seeds a row is a cell: the mean
-    over its n seeds with the 95 % interval's half-width beneath."""
-    from rich import box
-    from rich.table import Table
-
-    frame = results_frame(results)
-    several = int(frame["seeds"].max()) > 1
-    caption = "tr: transfer (the paper's protocol), wb: white-box"
-    if several:
-        caption += "\nmean over n seeds, ± half-width of the 95 % interval"
-    table = Table(
-        title="accuracy | balanced accuracy (%)",
-        caption=caption,
-        box=box.SIMPLE_HEAD,
-        collapse_padding=True,
-        pad_edge=False,
-    )
-    # the model name is never cut: a reader must know which row is which
-    table.add_column("model", no_wrap=True)
-    columns = [("clean", None)] + [(a, p) for p in PROTOCOLS for a in ATTACKS]
-    short = {"transfer": "tr", "whitebox": "wb"}
-    for prefix in ("acc", "bal"):
-        for attack, protocol in columns:
-            name = "clean" if protocol is None else f"{attack.upper()} {short[protocol]}"
-            table.add_column(f"{prefix}\n{name}", justify="right")
-
-    def cell(row: pd.Series, key: str) -> str:
-        v = row.get(key, np.nan)
-        if pd.isna(v):
-            return "-"
-        half = (row.get(key + HIGH, np.nan) - row.get(key + LOW, np.nan)) / 2
-        return f"{v:.1f}\n±{half:.1f}" if several and not pd.isna(half) else f"{v:.1f}"
-
-    for _, row in frame.iterrows():
-        keys = [metric_key(p, a, m) for m in _ACC_BAL for a, p in columns]
-        name = f"{row['cell']}\nn={int(row['seeds'])}" if several else row["cell"]
-        table.add_row(name, *(cell(row, k) for k in keys))
-    return table

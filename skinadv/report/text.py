@@ -10,17 +10,27 @@ import numpy as np
 import pandas as pd
 
 from skinadv import selection as select
+from skinadv.report.autoattack import autoattack_flags, autoattack_table
+from skinadv.report.console import baseline_words
 from skinadv.report.frame import (
     HIGH,
     LOW,
     eps_of,
-    robust_columns,
     robust_key,
     static_cells,
     vanilla_row,
 )
+from skinadv.report.paired import (
+    GAP,
+    VS,
+    difference_words,
+    key_words,
+    paired_differences,
+    select_label,
+)
 from skinadv.report.tables import ATTACKS, PAPER_VANILLA, eps_text
 from skinadv.results import ModelResult
+from skinadv.stats import Interval
 
 if TYPE_CHECKING:
     from skinadv.evaluation.checks import Check
@@ -62,45 +72,84 @@ def _row(frame: pd.DataFrame, cell: str | None) -> pd.Series | None:
     return None if cell is None else frame[frame["cell"] == cell].iloc[0]
 
 
+def _changes(diffs: dict[str, Interval], keys: Sequence[str]) -> str:
+    """The sentence on what a model changes against the vanilla model of the same seed
+    ("..., paired over 3 seeds, it changes clean balanced accuracy by -1.2 ± 0.8 points
+    (unresolved: ...) and ...") for the ``vs_vanilla_`` differences of ``keys`` that were
+    measured; empty when none was."""
+    ivs = [(k, diffs[VS + k]) for k in keys if VS + k in diffs]
+    if not ivs:
+        return ""
+    n = {iv.n for _, iv in ivs}
+    once = len(n) == 1
+    parts = [f"{key_words(k)} by {difference_words(iv, seeds=not once)}" for k, iv in ivs]
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    if not once:
+        how = ""
+    elif min(n) > 1:
+        how = f", paired over {min(n)} seeds,"
+    else:
+        how = " (one seed, so no interval: none of these is resolved)"
+    return f"Against the vanilla model of the same seed{how} it changes {text}."
+
+
+def _robust_key(frame: pd.DataFrame, results: Sequence[ModelResult], metric: str) -> str | None:
+    """``robust_<select eps>_<metric>`` when the frame has it."""
+    sel = select_label(results)
+    key = f"robust_{sel}_{metric}"
+    return key if sel and key in frame and frame[key].notna().any() else None
+
+
 def verdict(frame: pd.DataFrame, results: Sequence[ModelResult]) -> list[str]:
-    """The opening sentences: what the paper's protocol says of the best static defence
-    against what the honest one says, and, with robust curves, which defence holds at a
-    small eps. Every "best" is chosen on the validation split (``skinadv.selection``) and
-    then reported on the test set; without a validation split nothing is named best."""
+    """The opening sentences, in clinical figures (balanced accuracy, melanoma recall) with
+    accuracy beside them, each difference paired by seed ("+X ± w points, paired over n
+    seeds"; "unresolved" where its interval covers 0): what the paper's protocol says of the
+    best static defence against what the honest one says, what that defence changes against
+    the vanilla model, and, with robust curves, which defence holds at the selection budget
+    and at what cost. Every "best" is chosen on the validation split (``skinadv.selection``)
+    and then reported on the test set; without a validation split nothing is named best."""
     s = []
+    diffs = paired_differences(results)
+    at_bal = _robust_key(frame, results, "balanced_accuracy")
+    at_mel = _robust_key(frame, results, "mel_recall")
     best = _row(frame, select.best(static_cells(frame), "paper"))
     if best is not None and not pd.isna(best.get("whitebox_pgd_accuracy", np.nan)):
+        d = diffs.get(best["cell"], {})
+        gap = d.get(GAP + "pgd_balanced_accuracy")
         s.append(
             f"Under the paper's protocol the best static defence (chosen by the paper's rule "
-            f"on the validation split), {best['cell']}, scores "
-            f"{_pm(best, 'transfer_pgd_accuracy')} against PGD{_eps(results, 'pgd', 'at eps')}; "
-            f"re-running the attack against it gives {_pm(best, 'whitebox_pgd_accuracy')} "
-            f"({_seeds(best)})."
+            f"on the validation split), {best['cell']}, keeps "
+            f"{_pm(best, 'transfer_pgd_balanced_accuracy')} balanced accuracy against "
+            f"PGD{_eps(results, 'pgd', 'at eps')} ({_pm(best, 'transfer_pgd_accuracy')} "
+            f"accuracy); re-running the attack against it leaves "
+            f"{_pm(best, 'whitebox_pgd_balanced_accuracy')} "
+            f"({_pm(best, 'whitebox_pgd_accuracy')} accuracy)"
+            + (f": white-box − transfer {difference_words(gap)}." if gap else ".")
         )
-    cols = robust_columns(frame, "balanced_accuracy")
-    cols = [c for c in cols if eps_of(robust_key(c)[0]) > 0]
-    if cols:
-        at = next((c for c in cols if robust_key(c)[0] == "2_255"), cols[0])
-        eps = eps_text(eps_of(robust_key(at)[0]))
+        attacked = [at_bal] if at_bal else ["whitebox_pgd_balanced_accuracy"]
+        s.append(_changes(d, ["clean_balanced_accuracy", "clean_mel_recall", *attacked]))
+    if at_bal:
+        eps = eps_text(eps_of(robust_key(at_bal)[0]))
         v = vanilla_row(frame)
-        m = _row(frame, select.best(frame[frame["method"].notna()].dropna(subset=[at]), "robust"))
+        m = _row(
+            frame, select.best(frame[frame["method"].notna()].dropna(subset=[at_bal]), "robust")
+        )
         if m is not None:
             lead = (
                 f"At eps {eps} the most robust defence on the validation split is {m['cell']}: "
-                f"robust balanced accuracy on the test set {_pm(m, at)}"
+                f"robust balanced accuracy on the test set {_pm(m, at_bal)}"
             )
-            if pd.isna(v.get(at, np.nan)):
+            d = diffs.get(m["cell"], {})
+            if pd.isna(v.get(at_bal, np.nan)) or VS + at_bal not in d:
                 s.append(f"{lead} ({_seeds(m)}; the vanilla model has no robust curve).")
             else:
-                gain = m[at] - v[at]
-                cost = v["clean_balanced_accuracy"] - m["clean_balanced_accuracy"]
+                keys = [k for k in (at_mel, "clean_balanced_accuracy", "clean_mel_recall") if k]
                 s.append(
-                    f"{lead} against the vanilla model's {_pm(v, at)} ({gain:+.1f} points), "
-                    f"at clean balanced accuracy {_pm(m, 'clean_balanced_accuracy')} against "
-                    f"{_pm(v, 'clean_balanced_accuracy')} ({abs(cost):.1f} points "
-                    f"{'lost' if cost >= 0 else 'gained'}; {_seeds(m, v)})."
+                    f"{lead} against the vanilla model's {_pm(v, at_bal)} "
+                    f"({difference_words(d[VS + at_bal])})."
                 )
-    return s
+                s.append(_changes(d, keys))
+    return [x for x in s if x]
 
 
 def _seeds_sentence(frame: pd.DataFrame) -> str:
@@ -154,35 +203,40 @@ def headline(
     """
     v = vanilla_row(frame)
     s = verdict(frame, results)
-    s += [
-        (
-            f"The vanilla CNN reaches {v['clean_accuracy']:.1f} % clean accuracy "
-            f"({v['clean_balanced_accuracy']:.1f} % balanced; the paper reports "
-            f"{PAPER_VANILLA['clean']:.2f} %)."
-        )
-    ]
+    mel = v.get("clean_mel_recall", np.nan)
+    s.append(
+        f"The vanilla CNN reaches {v['clean_balanced_accuracy']:.1f} % clean balanced accuracy"
+        + ("" if pd.isna(mel) else f" and {mel:.1f} % melanoma recall")
+        + f"; its accuracy is {v['clean_accuracy']:.1f} % (the paper reports "
+        f"{PAPER_VANILLA['clean']:.2f} %; {baseline_words(results)})."
+    )
     wb = {a: v.get(f"whitebox_{a}_accuracy", np.nan) for a in ATTACKS}
-    if not any(np.isnan(x) for x in wb.values()):
+    wb_bal = {a: v.get(f"whitebox_{a}_balanced_accuracy", np.nan) for a in ATTACKS}
+    if not any(np.isnan(x) for x in [*wb.values(), *wb_bal.values()]):
         s.append(
-            f"Attacked white-box it keeps {wb['fgsm']:.1f} % under FGSM{_eps(results, 'fgsm')} "
-            f"and {wb['pgd']:.1f} % under PGD{_eps(results, 'pgd')}, where the paper reports "
-            f"{PAPER_VANILLA['fgsm']:.2f} % and {PAPER_VANILLA['pgd']:.2f} %."
+            f"Attacked white-box its balanced accuracy falls to {wb_bal['fgsm']:.1f} % under "
+            f"FGSM{_eps(results, 'fgsm')} and {wb_bal['pgd']:.1f} % under "
+            f"PGD{_eps(results, 'pgd')}; its accuracy to {wb['fgsm']:.1f} % and "
+            f"{wb['pgd']:.1f} %, where the paper reports {PAPER_VANILLA['fgsm']:.2f} % and "
+            f"{PAPER_VANILLA['pgd']:.2f} %."
         )
     # static cells and defences trained on the fly; the best chosen on the validation split
     best = _row(frame, select.best(frame[frame["method"].notna()], "robust"))
     if best is not None and not pd.isna(best.get("whitebox_pgd_accuracy", np.nan)):
+        figures = (
+            f"{best['whitebox_pgd_balanced_accuracy']:.1f} % balanced accuracy under white-box "
+            f"PGD ({best['whitebox_pgd_accuracy']:.1f} % accuracy) at "
+            f"{best['clean_balanced_accuracy']:.1f} % clean balanced accuracy "
+            f"({best['clean_accuracy']:.1f} % accuracy)"
+        )
         if best["whitebox_pgd_accuracy"] < HOLDS_POINTS:
             s.append(
                 f"No adversarially trained model resists white-box PGD: the most robust on "
-                f"the validation split, {_cell_words(best)}, keeps "
-                f"{best['whitebox_pgd_accuracy']:.1f} % at {best['clean_accuracy']:.1f} % "
-                "clean accuracy."
+                f"the validation split, {_cell_words(best)}, keeps {figures}."
             )
         else:
             s.append(
-                f"The most robust model on the validation split is {_cell_words(best)}: "
-                f"{best['whitebox_pgd_accuracy']:.1f} % under white-box PGD at "
-                f"{best['clean_accuracy']:.1f} % clean accuracy."
+                f"The most robust model on the validation split is {_cell_words(best)}: {figures}."
             )
     cells = static_cells(frame)
     if not cells.empty and "whitebox_pgd_accuracy" in cells:
@@ -202,6 +256,7 @@ def headline(
                 "the clean accuracy: label leaking, not robustness."
             )
     s.append(_seeds_sentence(frame))
+    s += _autoattack_sentence(results)
     if checks:
         warned = sum(not c.ok for c in checks)
         s.append(
@@ -210,6 +265,27 @@ def headline(
             else f"All {len(checks)} sanity checks pass."
         )
     return " ".join(s)
+
+
+def _autoattack_sentence(results: Sequence[ModelResult]) -> list[str]:
+    """Whether AutoAttack (``skinadv verify``) agrees with our ensemble; nothing when it was
+    not run."""
+    table = autoattack_table(results)
+    if table.empty:
+        return []
+    models = len(table[["cell", "seed"]].drop_duplicates())
+    flags = autoattack_flags(table)
+    if not flags:
+        text = (
+            f"AutoAttack, run on {models} model(s), is never more than 1 point below our "
+            "ensemble and shows no sign of gradient masking."
+        )
+    else:
+        text = (
+            f"AutoAttack, run on {models} model(s), raises {len(flags)} warning(s): see "
+            '"AutoAttack vs our ensemble".'
+        )
+    return [text]
 
 
 def protocol_notes(frame: pd.DataFrame) -> list[str]:

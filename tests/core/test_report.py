@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
+from skinadv.data import CLASSES
 from skinadv.evaluation import Check, craft_transfer_sets, evaluate, sanity_checks
 from skinadv.evaluation.metrics import metrics
 from skinadv.report import (
@@ -131,14 +132,6 @@ class _Headers(HTMLParser):
             self.tables[-1][self._cell][-1] += data
 
 
-def test_report_reads_mel_recall_and_percent():
-    r = result(None, None)
-    assert r.flat_metrics()["clean_mel_recall"] == pytest.approx(0.42)
-    frame = results_frame([r])
-    assert frame.loc[0, "clean_mel_recall"] == pytest.approx(42.0)
-    assert frame.loc[0, "whitebox_pgd_accuracy"] == pytest.approx(10.0)
-
-
 def test_tables_equal_results_and_pick_best_split(tmp_path):
     results = grid_results()
     rep = report(results, context={"data": "synthetic"})
@@ -253,9 +246,14 @@ def test_no_index_column_and_human_headers(tmp_path):
     parser = _Headers()
     parser.feed((tmp_path / "report.html").read_text())
     tables = parser.tables
-    t1, t2 = tables[0], tables[1]
+    t1, paired, t2 = tables[0], tables[1], tables[2]
     assert t1["th"][0] == "Protocol" and t1["td"][0] == "transfer"  # no index before it
     assert "Clean acc. (%)" in t1["th"] and "PGD bal. acc. (%)" in t1["th"]
+    # balanced accuracy leads, accuracy (the paper's figure) follows
+    assert t1["th"].index("Clean bal. acc. (%)") < t1["th"].index("Clean acc. (%)")
+    assert paired["th"][0] == "Cell" and paired["td"][0] == "fgsm@0.2"
+    assert "Clean bal. acc. − vanilla (points)" in paired["titles"]
+    assert "PGD bal. acc., white-box − transfer (points)" in paired["titles"]
     assert t2["th"][0] == "Method" and t2["td"][0] == "fgsm"
     assert "PGD white-box bal. acc. (%)" in t2["titles"]  # full label on grouped columns
     assert {"Transfer (paper's protocol)", "White-box (honest)"} <= set(t2["th"])
@@ -264,12 +262,14 @@ def test_no_index_column_and_human_headers(tmp_path):
         assert not any("_" in h for h in t["th"]), t["th"]  # no machine names
     md = (tmp_path / "report.md").read_text().splitlines()
     heads = [a for a, b in itertools.pairwise(md) if a.startswith("| ") and b.startswith("|-")]
-    assert heads[0].startswith("| Protocol | n (seeds) | Clean acc. (%) |")
+    assert heads[0].startswith("| Protocol | n (seeds) | Clean bal. acc. (%) |")
     assert any("PGD white-box bal. acc. (%)" in h for h in heads)
     assert not any("_" in h for h in heads)
     assert "70.19" in (tmp_path / "report.md").read_text()  # the paper's numbers as quoted
     csv = (tmp_path / "table1_vanilla.csv").read_text().splitlines()
-    assert csv[0].startswith("protocol,seeds,clean_accuracy")  # no index column in CSV
+    assert csv[0].startswith("protocol,seeds,clean_balanced_accuracy")  # no index column
+    md_text = (tmp_path / "report.md").read_text()
+    assert "*Always predicting nv: 66.9 % accuracy on the full data" in md_text  # no matrices
 
 
 def test_headline_has_the_key_numbers(tmp_path):
@@ -278,27 +278,45 @@ def test_headline_has_the_key_numbers(tmp_path):
     # the verdict opens: the paper's protocol against the honest one, with the seed count
     paper_rule = ("val_clean_accuracy", "val_transfer_fgsm_accuracy", *(["val_" + TRANSFER_ACC[1]]))
     best = max(results[1:], key=lambda r: sum(r.flat_metrics()[k] for k in paper_rule))
-    tr, wb = (100 * best.flat_metrics()[f"{p}_pgd_accuracy"] for p in ("transfer", "whitebox"))
+    flat = {k: 100 * v for k, v in best.flat_metrics().items()}
+    tr, wb = (flat[f"{p}_pgd_accuracy"] for p in ("transfer", "whitebox"))
+    tr_bal, wb_bal = (flat[f"{p}_pgd_balanced_accuracy"] for p in ("transfer", "whitebox"))
     assert rep.headline.startswith(
         "Under the paper's protocol the best static defence (chosen by the paper's rule on the "
-        f"validation split), {best.cell}, scores {tr:.1f} % against PGD at eps 0.3; re-running "
-        f"the attack against it gives {wb:.1f} % (one seed)."
+        f"validation split), {best.cell}, keeps {tr_bal:.1f} % balanced accuracy against PGD at "
+        f"eps 0.3 ({tr:.1f} % accuracy); re-running the attack against it leaves {wb_bal:.1f} % "
+        f"({wb:.1f} % accuracy): white-box − transfer {wb_bal - tr_bal:+.1f} points (one seed: "
+        "no interval over seeds, so unresolved)."
     )
-    assert "The vanilla CNN reaches 60.0 % clean accuracy" in rep.headline
+    # the same cell against the vanilla model of its seed: one seed, so nothing resolved
+    assert (
+        "Against the vanilla model of the same seed (one seed, so no interval: none of these "
+        f"is resolved) it changes clean balanced accuracy by {flat['clean_accuracy'] - 60:+.1f} "
+        "points"
+    ) in rep.headline
+    assert (
+        "The vanilla CNN reaches 50.0 % clean balanced accuracy and 42.0 % melanoma recall; "
+        "its accuracy is 60.0 %"
+    ) in rep.headline
     assert f"{PAPER_VANILLA['clean']:.2f} %" in rep.headline
-    assert "keeps 30.0 % under FGSM (eps 0.2) and 10.0 % under PGD (eps 0.3)" in rep.headline
+    assert "always predicting nv: 66.9 % accuracy on the full data" in rep.headline
+    assert (
+        "its balanced accuracy falls to 20.0 % under FGSM (eps 0.2) and 0.0 % under PGD "
+        "(eps 0.3); its accuracy to 30.0 % and 10.0 %"
+    ) in rep.headline
     frame = results_frame(results)
     cells = frame[frame["method"].notna()]
     gap = (cells["transfer_pgd_accuracy"] - cells["whitebox_pgd_accuracy"]).mean()
     assert f"by {gap:.1f} points on average" in rep.headline
     assert "All 3 sanity checks pass" in rep.headline
     save_report(rep, tmp_path)
-    assert "60.0 % clean accuracy" in (tmp_path / "report.html").read_text()
+    assert "its accuracy is 60.0 %" in (tmp_path / "report.html").read_text()
     # the most robust on the validation split is named, with its test figures
     results.append(result("pgd", 1.0, clean=0.55, t_pgd=0.5, w_pgd=0.3, val=(0.6, 0.6, 0.6, 0.5)))
     assert (
         "The most robust model on the validation split is pgd@1 (PGD copies of 100 % of the "
-        "training set): 30.0 % under white-box PGD at 55.0 % clean accuracy."
+        "training set): 20.0 % balanced accuracy under white-box PGD (30.0 % accuracy) at "
+        "45.0 % clean balanced accuracy (55.0 % accuracy)."
     ) in report(results).headline
 
 
@@ -315,7 +333,9 @@ def test_report_from_real_evaluations(tiny_trained, tiny_test, tmp_path):
     vanilla = ModelResult("vanilla", 0, tr, tr.as_protocol("whitebox"))
     checks = sanity_checks([vanilla])
     rep = build_report([vanilla], title="real", context={"n": 100}, checks=checks)
-    assert f"{100 * tr.accuracy():.1f} % clean accuracy" in rep.headline
+    assert f"its accuracy is {100 * tr.accuracy():.1f} %" in rep.headline
+    nv = 100 * (y == CLASSES.index("nv")).float().mean().item()  # always-nv on these images
+    assert f"always predicting nv: {nv:.1f} % accuracy on this test set" in rep.headline
     assert rep.tables["grid_all_cells"].empty
     assert [c.name for c in rep.checks] == [c.name for c in checks]
     save_report(rep, tmp_path)
@@ -341,26 +361,6 @@ def test_check_without_cells_renders(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert "<td class='cells'>–</td>" in html
     assert "1 of 1 sanity checks warn" in rep.headline
-
-
-def test_terminal_table_keeps_cell_names_at_80_columns():
-    """The console table of the grid: every row's model name whole even on a narrow
-    terminal, in method then fraction order, with the results' numbers in percent."""
-    results = grid_results()[::-1]  # order comes from the table, not the input
-    lines = console_text(results).splitlines()
-    rule = next(i for i, ln in enumerate(lines) if set(ln.strip()) == {"─"})
-    body = [ln for ln in lines[rule + 1 :] if ln.strip() and "│" not in ln][: len(results)]
-    rows = [ln.split()[0] for ln in body]
-    assert rows == ["vanilla"] + [f"{m}@{f}" for m, f in CELLS]
-    pgd04 = next(r for r in results if r.cell == "pgd@0.4").flat_metrics()
-    line = body[rows.index("pgd@0.4")].split()
-    # acc: clean, FGSM tr, PGD tr, FGSM wb, PGD wb; then the same balanced
-    assert line[1] == f"{100 * pgd04['clean_accuracy']:.1f}"
-    assert line[3] == f"{100 * pgd04['transfer_pgd_accuracy']:.1f}"
-    assert line[5] == f"{100 * pgd04['whitebox_pgd_accuracy']:.1f}"
-    assert line[10] == f"{100 * pgd04['whitebox_pgd_balanced_accuracy']:.1f}"
-    assert max(len(ln) for ln in lines) <= 80
-    assert not any("…" in ln for ln in lines)  # nothing cut
 
 
 def console_text(results) -> str:
@@ -406,15 +406,18 @@ def test_three_seeds_show_mean_and_interval(tmp_path):
     assert bounds == pytest.approx([low, high])  # scipy's t-interval over the 3 seeds
     t1 = pd.read_csv(tmp_path / "table1_vanilla.csv", index_col="protocol")
     assert t1.loc["transfer", "clean_accuracy_ci_high"] == pytest.approx(high - 5)
-    cell = f"{x.mean():.1f} ± {(high - low) / 2:.1f}"
+    # balanced accuracy (accuracy - 10 here, same spread) leads the row
+    cell = f"{x.mean() - 10:.1f} ± {(high - low) / 2:.1f}"
     assert f"| pgd | 80 % | 3 | {cell} |" in (tmp_path / "report.md").read_text()
     parser = _Headers()
     parser.feed((tmp_path / "report.html").read_text())
     grid_html = parser.tables[-1]
     assert "n" in grid_html["th"] and grid_html["td"][2:4] == ["3", cell.replace(" ±", "\u202f±")]
-    assert not rep.table_notes and "(n = 3)" in rep.headline and "(3 seeds)" in rep.headline
+    assert ONE_SEED_NOTE not in " ".join(rep.table_notes.values())
+    assert "(n = 3)" in rep.headline and "paired over 3 seeds" in rep.headline
     text = console_text(results)  # the console: one row per cell, mean ± half-width, n
     assert f"{x.mean():.1f}" in text and f"±{(high - low) / 2:.1f}" in text and "n=3" in text
+    assert f"{x.mean() - 10:.1f}" in text
     assert "pgd@0.8-s0" not in text and max(len(ln) for ln in text.splitlines()) <= 80
 
 
@@ -423,8 +426,20 @@ def test_one_seed_intervals_are_a_bootstrap(tmp_path):
     rep = report(results)
     save_report(rep, tmp_path)
     tables = ("table1_vanilla", "table2_best_split", "grid_all_cells")
-    assert rep.table_notes == dict.fromkeys(tables, ONE_SEED_NOTE)
+    assert all(rep.table_notes[t].startswith(ONE_SEED_NOTE) for t in tables)
     assert all(ONE_SEED_NOTE in (tmp_path / f).read_text() for f in ("report.html", "report.md"))
+    # a difference of two single runs has no interval: the paired table says none is resolved
+    assert "none of these is resolved" in rep.table_notes["paired_differences"]
+    paired = rep.tables["paired_differences"].iloc[0]
+    d = "vs_vanilla_clean_balanced_accuracy"
+    flat = [r.flat_metrics()["clean_balanced_accuracy"] for r in results]
+    assert paired[d] == pytest.approx(100 * (flat[1] - flat[0])) and np.isnan(paired[d + "_ci_low"])
+    # the always-nv baseline: the share of nv among the test labels (the matrices' rows)
+    cm = np.asarray(results[0].transfer.metrics["clean"]["confusion_matrix"])
+    nv = 100 * cm[CLASSES.index("nv")].sum() / cm.sum()
+    assert (
+        f"Always predicting nv: {nv:.1f} % accuracy on this test set" in rep.table_notes[tables[0]]
+    )
     row = pd.read_csv(tmp_path / "grid_all_cells.csv").iloc[0]
     cm = results[1].whitebox.metrics["pgd"]["confusion_matrix"]
     iv = confusion_bootstrap(cm, cm_balanced_accuracy).scaled(100)
@@ -446,53 +461,23 @@ def test_robust_curve_and_defence_trained_on_the_fly(tmp_path):
     assert set(rep.tables["grid_all_cells"]["method"]) == {"fgsm", "pgd"}
     bal = [[100 * (t + 0.02 * s) / (1 + 60 / 255) - 10 for s in range(3)] for t in (0.6, 0.2)]
     m, v = (f"{i.mean:.1f} ± {i.half_width:.1f} %" for i in map(t_interval, bal))
-    clean = rep.tables["defences_on_the_fly"].set_index("cell")["clean_balanced_accuracy"]
+    # paired by seed: the curve gives the same gain on every seed here, so ± 0.0
     assert (
         "At eps 2/255 the most robust defence on the validation split is pgd-at@2_255: robust "
         f"balanced accuracy on the test set {m} against the vanilla model's {v} "
-        f"({bal[0][0] - bal[1][0]:+.1f} points), at clean balanced accuracy"
+        f"({np.mean(bal[0]) - np.mean(bal[1]):+.1f} ± 0.0 points, paired over 3 seeds)."
     ) in rep.headline
-    lost = clean["vanilla"] - clean["pgd-at@2_255"]
-    assert f"({lost:.1f} points lost; 3 seeds each)." in rep.headline
+    by = {r.key: r.flat_metrics()["clean_balanced_accuracy"] for r in results}
+    pair = [[100 * by[f"{c}-s{s}"] for s in range(3)] for c in ("pgd-at@2_255", "vanilla")]
+    ci = st.ttest_rel(*pair).confidence_interval()
+    words = f"clean balanced accuracy by {np.mean(pair[0]) - np.mean(pair[1]):+.1f} ± "
+    words += f"{(ci.high - ci.low) / 2:.1f} points"
+    words += " (unresolved: its interval covers 0)" if ci.low <= 0 <= ci.high else ""
+    after = rep.headline[rep.headline.index("At eps 2/255") :]
+    assert "Against the vanilla model of the same seed, paired over 3 seeds, it changes" in after
+    assert words in after
     assert "Defences trained on the fly" in (tmp_path / "report.html").read_text()
     assert "pgd-at@2_255" in console_text(results)
-
-
-def test_clinical_view_and_champions_tables(tmp_path):
-    """Targeted success rates and melanoma recall under attack get their own table with
-    human headers; registered champions are listed with the validation figure that chose
-    them."""
-    from skinadv.results import TargetedPoint
-
-    results = [
-        dataclasses.replace(
-            scored(cell, s, top=0.4),
-            targeted=(
-                TargetedPoint("mel", "nv", 2 / 255, 20, 0.25 + 0.05 * s),
-                TargetedPoint("nv", "mel", 2 / 255, 90, 0.1),
-            ),
-        )
-        for cell in ("vanilla", "pgd-at@2_255")
-        for s in range(2)
-    ]
-    champ = {
-        "method": "pgd-at",
-        "registered": "skinadv-x-pgd-at v1 @robust-champion",
-        "cell": "pgd-at@2_255",
-        "seed": 1,
-        "val_robust_2_255_balanced_accuracy": 31.0,
-    }
-    rep = report(results, champions=[champ])
-    save_report(rep, tmp_path)
-    clinical = rep.tables["clinical"].set_index("cell")
-    assert clinical.loc["vanilla", "targeted_mel_nv_2_255_success"] == pytest.approx(27.5)
-    assert clinical.loc["vanilla", "seeds"] == 2
-    assert "whitebox_pgd_mel_recall" in clinical and "clean_mel_recall" in clinical
-    md = (tmp_path / "report.md").read_text()
-    assert "Targeted mel -> nv at eps 2/255, success (%)" in md
-    assert "| pgd-at | skinadv-x-pgd-at v1 @robust-champion | pgd-at@2_255 | 1 | 31.0 |" in md
-    assert "Validation: Robust bal. acc. at eps 2/255 (%)" in md
-    assert "The clinical view" in (tmp_path / "report.html").read_text()
 
 
 def test_training_cost_is_kept_in_its_own_units():
