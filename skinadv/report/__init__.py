@@ -38,7 +38,7 @@ from skinadv.report.tables import (
     table1,
     table2,
 )
-from skinadv.report.text import headline, protocol_notes, verdict
+from skinadv.report.text import headline, protocol_notes, verdict, verdict_cells
 
 __all__ = [
     "ONE_SEED_NOTE",
@@ -69,4 +69,5 @@ __all__ = [
     "to_html",
     "to_markdown",
     "verdict",
+    "verdict_cells",
 ]

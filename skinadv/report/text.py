@@ -100,6 +100,18 @@ def _robust_key(frame: pd.DataFrame, results: Sequence[ModelResult], metric: str
     return key if sel and key in frame and frame[key].notna().any() else None
 
 
+def verdict_cells(frame: pd.DataFrame, results: Sequence[ModelResult]) -> list[str]:
+    """The cells the verdict names, chosen on the validation split as ``verdict`` chooses
+    them: the best static defence by the paper's rule, then the most robust defence at the
+    selection budget (when the run has a robust curve); each once. What ``skinadv verify``
+    checks with AutoAttack, besides the champions."""
+    at_bal = _robust_key(frame, results, "balanced_accuracy")
+    named = [select.best(static_cells(frame), "paper")]
+    if at_bal:
+        named.append(select.best(frame[frame["method"].notna()].dropna(subset=[at_bal]), "robust"))
+    return list(dict.fromkeys(c for c in named if c is not None))
+
+
 def verdict(frame: pd.DataFrame, results: Sequence[ModelResult]) -> list[str]:
     """The opening sentences, in clinical figures (balanced accuracy, melanoma recall) with
     accuracy beside them, each difference paired by seed ("+X ± w points, paired over n

@@ -11,7 +11,14 @@ import pytest
 from scipy import stats as st
 from test_report import CELLS, console_text, grid_results, report, result, scored
 
-from skinadv.report import autoattack_table, paired_table, results_frame, save_report, verdict
+from skinadv.report import (
+    autoattack_table,
+    paired_table,
+    results_frame,
+    save_report,
+    verdict,
+    verdict_cells,
+)
 from skinadv.results import ModelResult
 
 # per seed, the defence's clean accuracy minus the vanilla model's: signs disagree, so the
@@ -58,6 +65,29 @@ def test_verdict_calls_an_interval_covering_zero_unresolved():
     # white-box − transfer of the same model, paired the same way
     gap = _words(seeds("pgd@0.8", key), seeds("pgd@0.8", "transfer_pgd_balanced_accuracy"))
     assert f"white-box − transfer {gap.split(' points')[0]} points, paired over 3 seeds" in text
+
+
+def test_verdict_cells_are_the_models_it_names():
+    """What ``skinadv verify`` checks: each cell the verdict names, once."""
+    tops = {"vanilla": 0.2, "fgsm@0.2": 0.3, "pgd@0.8": 0.45, "pgd-at@2_255": 0.6}
+    results = [scored(c, s, top=t) for c, t in tops.items() for s in range(2)]
+    frame = results_frame(results)
+    cells = verdict_cells(frame, results)
+
+    def val(cell, *keys):  # the validation figures selection reads, mean over seeds
+        return np.mean(
+            [sum(r.validation_metrics()[k] for k in keys) for r in results if r.cell == cell]
+        )
+
+    rule = ("val_clean_accuracy", "val_transfer_fgsm_accuracy", "val_transfer_pgd_accuracy")
+    static = max(["fgsm@0.2", "pgd@0.8"], key=lambda c: val(c, *rule))
+    robust = max(
+        tops.keys() - {"vanilla"}, key=lambda c: val(c, "val_robust_2_255_balanced_accuracy")
+    )
+    assert cells == list(dict.fromkeys([static, robust]))
+    text = " ".join(verdict(frame, results))
+    assert all(f", {c}, " in text or f" is {c}:" in text for c in cells)
+    assert verdict_cells(results_frame(_paired_grid()), _paired_grid()) == ["pgd@0.8"]
 
 
 def test_paired_table_equals_scipy():
