@@ -6,6 +6,7 @@ returns a detached x_adv in [0, 1] on x's device, within ``eps`` (pixel units) o
 
 from skinadv.attacks._common import NORMS, AttackFn, _l2_project, _linf_project
 from skinadv.attacks.apgd import apgd_ce, apgd_dlr, dlr_loss
+from skinadv.attacks.apgd_t import apgd_t, dlr_targeted_loss
 from skinadv.attacks.craft import craft, eval_mode, resolve_attack
 from skinadv.attacks.fgsm import fgsm
 from skinadv.attacks.mifgsm import mifgsm
@@ -20,8 +21,10 @@ __all__ = [
     "_linf_project",
     "apgd_ce",
     "apgd_dlr",
+    "apgd_t",
     "craft",
     "dlr_loss",
+    "dlr_targeted_loss",
     "eval_mode",
     "fgsm",
     "mifgsm",

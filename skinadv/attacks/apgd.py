@@ -1,7 +1,11 @@
-"""APGD: parameter-free PGD with an adaptive step size, on the CE (APGD-CE) or DLR loss."""
+"""APGD: parameter-free PGD with an adaptive step size, on the CE (APGD-CE) or DLR loss.
+
+The runs here also take a targeted loss; APGD-T (``apgd_t.py``) builds on them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -20,6 +24,9 @@ from skinadv.attacks.pgd import _random_start
 
 #: momentum weight of the new step (the paper's alpha; 1.0 on the first step)
 MOMENTUM = 0.75
+
+#: A targeted per-example loss: (logits (N, K), labels (N,), targets (N,)) -> (N,).
+TargetedLossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 def dlr_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -66,6 +73,7 @@ class _State:
     idx: Tensor  # position in the batch
     x: Tensor
     y: Tensor
+    target: Tensor  # the targeted loss's target class (y when the loss is untargeted)
     x_adv: Tensor
     x_prev: Tensor  # the iterate before x_adv (momentum)
     grad: Tensor
@@ -89,23 +97,31 @@ def _one_run(
     x: Tensor,
     y: Tensor,
     x0: Tensor,
-    loss_fn: LossFn,
+    loss_fn: LossFn | TargetedLossFn,
     *,
+    target: Tensor | None = None,
     eps: float,
     steps: int,
     rho: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One APGD run from x0. Per example: the first misclassified iterate, else the
-    highest-loss one; returns (x_out, loss_best, fooled)."""
+    highest-loss one; returns (x_out, loss_best, fooled). With ``target`` (N,) the loss is
+    called as ``loss_fn(logits, y, target)``; fooled still means misclassified."""
     n = x.shape[0]
     x_out, loss_out = torch.empty_like(x), x.new_empty(n)
     fooled_out = torch.zeros(n, dtype=torch.bool, device=x.device)
-    grad, loss, logits = _input_grad(model, x0, y, loss_fn)
+
+    def loss_for(t: Tensor) -> LossFn:
+        # the target travels with its examples as fooled ones leave the batch
+        return loss_fn if target is None else lambda z, labels: loss_fn(z, labels, t)
+
+    grad, loss, logits = _input_grad(model, x0, y, loss_for(target))
     fooled = logits.argmax(1) != y
     s = _State(
         idx=torch.arange(n, device=x.device),
         x=x,
         y=y,
+        target=y if target is None else target,
         x_adv=x0,
         x_prev=x0,
         grad=grad,
@@ -144,7 +160,7 @@ def _one_run(
         x_new = _linf_project(
             s.x_adv + a * (z - s.x_adv) + (1 - a) * (s.x_adv - s.x_prev), s.x, eps
         )
-        grad, loss, logits = _input_grad(model, x_new, s.y, loss_fn)
+        grad, loss, logits = _input_grad(model, x_new, s.y, loss_for(s.target))
         new_fool = (logits.argmax(1) != s.y) & ~s.fooled
         better = loss > s.loss_best
         better4 = better.view(-1, 1, 1, 1)
@@ -184,6 +200,65 @@ def _one_run(
     return x_out, loss_out, fooled_out
 
 
+def _check_args(eps: float, steps: int, restarts: int, rho: float) -> tuple[int, int]:
+    """APGD's argument checks; returns (steps, restarts) as ints."""
+    check_eps(eps)
+    steps = _check_steps(steps)
+    restarts = _check_steps(restarts, "restarts")
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"rho must be in (0, 1], got {rho}")
+    return steps, restarts
+
+
+def _keep_better(
+    best: Tensor,
+    best_loss: Tensor,
+    fooled: Tensor,
+    todo: Tensor,
+    x_r: Tensor,
+    loss_r: Tensor,
+    fooled_r: Tensor,
+) -> None:
+    """In place: the examples ``todo`` (not yet fooled) take a later run's point where it
+    fooled them or raised their loss."""
+    better = fooled_r | (loss_r > best_loss[todo])
+    best[todo] = torch.where(better.view(-1, 1, 1, 1), x_r, best[todo])
+    best_loss[todo] = torch.where(better, loss_r, best_loss[todo])
+    fooled[todo] = fooled_r
+
+
+def _apgd_runs(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: LossFn | TargetedLossFn,
+    *,
+    target: Tensor | None = None,
+    eps: float,
+    steps: int,
+    restarts: int,
+    rho: float,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``restarts`` APGD runs (arguments already checked, eps > 0); returns per example
+    (x_adv, loss, fooled): the first fooled point, else the highest-loss one."""
+    kw = {"eps": eps, "steps": steps, "rho": rho}
+    x0 = _random_start(x, eps, "linf", generator)
+    best, best_loss, fooled = _one_run(model, x, y, x0, loss_fn, target=target, **kw)
+    for _ in range(restarts - 1):
+        # later restarts only attack what is still classified right (as auto-attack does)
+        todo = (~fooled).nonzero().squeeze(1)
+        if todo.numel() == 0:
+            break
+        xt, yt = x[todo], y[todo]
+        x0 = _random_start(xt, eps, "linf", generator)
+        t = None if target is None else target[todo]
+        _keep_better(
+            best, best_loss, fooled, todo, *_one_run(model, xt, yt, x0, loss_fn, target=t, **kw)
+        )
+    return best, best_loss, fooled
+
+
 def _apgd(
     model: nn.Module,
     x: Tensor,
@@ -196,31 +271,22 @@ def _apgd(
     rho: float,
     generator: torch.Generator | None,
 ) -> Tensor:
-    check_eps(eps)
-    steps = _check_steps(steps)
-    restarts = _check_steps(restarts, "restarts")
-    if not 0.0 < rho <= 1.0:
-        raise ValueError(f"rho must be in (0, 1], got {rho}")
+    steps, restarts = _check_args(eps, steps, restarts, rho)
     _check_inputs(x, y)
     x = x.detach()
     if eps == 0:
         return x.clone()
-    kw = {"eps": eps, "steps": steps, "rho": rho}
-    x0 = _random_start(x, eps, "linf", generator)
-    best, best_loss, fooled = _one_run(model, x, y, x0, loss_fn, **kw)
-    for _ in range(restarts - 1):
-        # later restarts only attack what is still classified right (as auto-attack does)
-        todo = (~fooled).nonzero().squeeze(1)
-        if todo.numel() == 0:
-            break
-        xt, yt = x[todo], y[todo]
-        x_r, loss_r, fooled_r = _one_run(
-            model, xt, yt, _random_start(xt, eps, "linf", generator), loss_fn, **kw
-        )
-        better = fooled_r | (loss_r > best_loss[todo])
-        best[todo] = torch.where(better.view(-1, 1, 1, 1), x_r, best[todo])
-        best_loss[todo] = torch.where(better, loss_r, best_loss[todo])
-        fooled[todo] = fooled_r
+    best, _, _ = _apgd_runs(
+        model,
+        x,
+        y,
+        loss_fn,
+        eps=eps,
+        steps=steps,
+        restarts=restarts,
+        rho=rho,
+        generator=generator,
+    )
     return best.detach()
 
 

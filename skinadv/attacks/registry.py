@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from skinadv.attacks._common import AttackFn
 from skinadv.attacks.apgd import apgd_ce, apgd_dlr
+from skinadv.attacks.apgd_t import apgd_t
 from skinadv.attacks.fgsm import fgsm
 from skinadv.attacks.mifgsm import mifgsm
 from skinadv.attacks.pgd import pgd
@@ -15,4 +16,5 @@ ATTACKS: dict[str, AttackFn] = {
     "mifgsm": mifgsm,
     "apgd_ce": apgd_ce,
     "apgd_dlr": apgd_dlr,
+    "apgd_t": apgd_t,
 }

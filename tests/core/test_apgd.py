@@ -1,10 +1,12 @@
-"""APGD-CE / APGD-DLR: the loss and schedule pieces, then the numbers on a model trained on
-real data, cross-checked against torchattacks' independent APGD and against our PGD.
+"""APGD-CE / APGD-DLR / APGD-T: the loss and schedule pieces, then the numbers on a model
+trained on real data, cross-checked against torchattacks' independent APGD, against fra31's
+own APGD-T (``APGDAttack_targeted``) and against our PGD.
 
 torchattacks is installed with ``pip install --no-deps torchattacks==3.5.1`` (``make setup``
 does it; its pins would make pip backtrack for minutes). Its ``__init__`` imports scipy but
-not torchvision, so the plain import works beside our torch. Run with ``-s`` to see the
-numbers.
+not torchvision, so the plain import works beside our torch. fra31/auto-attack is PyPI's
+``pyautoattack==0.2.0`` (``pip install --no-deps``), imported as ``pyautoattack``. Run with
+``-s`` to see the numbers.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from skinadv.attacks import apgd_ce, apgd_dlr, craft, dlr_loss
+from skinadv.attacks import ATTACKS, apgd_ce, apgd_dlr, apgd_t, craft, dlr_loss, dlr_targeted_loss
 from skinadv.attacks.apgd import _checkpoints
-from skinadv.config import TrainConfig
+from skinadv.attacks.apgd_t import _top_other_classes
+from skinadv.config import AttackConfig, TrainConfig
 from skinadv.data import Dataset, split, stratified_subset
-from skinadv.evaluation import score
+from skinadv.evaluation import predict, score
 from skinadv.training import fit
 
 EPS = (2 / 255, 8 / 255)
@@ -35,6 +38,55 @@ def test_dlr_loss_definition():
     assert torch.allclose(dlr_loss(3 * z + 7, y), dlr_loss(z, y))
     with pytest.raises(ValueError, match="needs >= 3 classes"):
         dlr_loss(torch.zeros(2, 2), y)
+
+
+def test_dlr_targeted_loss_definition():
+    z = torch.tensor([[4.0, 1.0, 3.0, 0.0, 2.0], [1.0, 5.0, 2.0, -1.0, 0.0]])
+    y, t = torch.tensor([0, 0]), torch.tensor([2, 1])
+    # -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2): -(4 - 3) / (4 - 1.5); -(1 - 5) / (5 - 0.5)
+    assert torch.allclose(dlr_targeted_loss(z, y, t), torch.tensor([-1 / 2.5, 4 / 4.5]))
+    # positive exactly when the target beats the true class; shift- and scale-invariant
+    assert torch.allclose(dlr_targeted_loss(3 * z + 7, y, t), dlr_targeted_loss(z, y, t))
+    assert dlr_targeted_loss(z, y, torch.tensor([0, 0])).eq(0).all()
+    with pytest.raises(ValueError, match="needs >= 4 classes"):
+        dlr_targeted_loss(torch.zeros(2, 3), y, t)
+
+
+class _PixelLogits(torch.nn.Module):
+    """Logits = the first 7 values of the image: targets that can be read off the input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :7] * 10
+
+
+def test_targets_are_the_other_classes_by_clean_logit():
+    x = torch.zeros(2, 3, 28, 28)
+    x[:, 0, 0, :7] = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.7, 0.2, 0.4])
+    y = torch.tensor([1, 4])  # right, and wrong (the model says 1)
+    model = _PixelLogits()
+    got = _top_other_classes(model, x, y, 6)
+    assert got.tolist() == [[4, 2, 6, 3, 5, 0], [1, 2, 6, 3, 5, 0]]
+    assert _top_other_classes(model, x, y, 2).tolist() == [[4, 2], [1, 2]]
+    assert _top_other_classes(model, x, y, 9).shape == (2, 6)  # at most K - 1 targets
+
+
+def test_config_passes_n_target_classes_to_apgd_t_only(small_model, rand_batch):
+    from skinadv.config import load_preset
+    from skinadv.experiment import robust_spec
+
+    cfg = AttackConfig(apgd={"n_target_classes": 3, "steps": 2})
+    assert cfg.kwargs("apgd_t")["n_target_classes"] == 3
+    rigorous = load_preset("rigorous")
+    for name in ("apgd_ce", "apgd_dlr", "apgd_t"):
+        kwargs = cfg.kwargs(name)
+        assert ("n_target_classes" in kwargs) == (name == "apgd_t")
+        spec = robust_spec(rigorous, name, 1 / 255)
+        assert ("n_target_classes" in spec) == (name == "apgd_t") and spec["eps"] == 1 / 255
+        # every key is one the attack takes (no unexpected keyword)
+        x_adv = ATTACKS[name](small_model, *rand_batch, **{**kwargs, "eps": 0.05})
+        assert (x_adv - rand_batch[0]).abs().max() <= 0.05 + 1e-6
+    with pytest.raises(ValueError, match="n_target_classes"):
+        AttackConfig(apgd={"n_target_classes": 0})
 
 
 def test_checkpoints_follow_the_paper():
@@ -65,6 +117,17 @@ def test_dlr_rejects_two_classes(rand_batch):
         apgd_dlr(model, x, y % 2, eps=0.1, steps=2)
 
 
+def test_apgd_t_bad_arguments(small_model, rand_batch):
+    x, y = rand_batch
+    with pytest.raises(ValueError, match="n_target_classes must be an integer >= 1"):
+        apgd_t(small_model, x, y, eps=0.1, n_target_classes=0)
+    with pytest.raises(ValueError, match=r"rho must be in \(0, 1\]"):
+        apgd_t(small_model, x, y, eps=0.1, rho=1.5)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 28 * 28, 3))
+    with pytest.raises(ValueError, match="needs >= 4 classes"):
+        apgd_t(model, x, y % 3, eps=0.1, steps=2)
+
+
 # ----------------------------------------------------------------- on a model trained on real data
 
 
@@ -92,7 +155,16 @@ def torchattacks():
 
 
 @pytest.fixture(scope="module")
-def robust_acc(trained, torchattacks) -> Callable[[str, float], float]:
+def autoattack_apgd_t() -> type:
+    try:
+        from pyautoattack.autopgd_base import APGDAttack_targeted
+    except ImportError as exc:
+        pytest.fail(f"pyautoattack is missing ({exc}): `pip install --no-deps pyautoattack==0.2.0`")
+    return APGDAttack_targeted
+
+
+@pytest.fixture(scope="module")
+def robust_acc(trained, torchattacks, autoattack_apgd_t) -> Callable[[str, float], float]:
     """``robust_acc(attack, eps)`` in % on the 500 test images, computed once per module."""
     model, x, y = trained
     cache: dict[tuple[str, float], float] = {}
@@ -106,6 +178,12 @@ def robust_acc(trained, torchattacks) -> Callable[[str, float], float]:
             )
             with torch.random.fork_rng(devices=[]):  # it seeds the global generator
                 return atk(x, y)
+        if name == "autoattack_apgd_t":
+            atk = autoattack_apgd_t(
+                model, n_iter=STEPS, eps=eps, n_restarts=1, seed=0, n_target_classes=6, device="cpu"
+            )
+            with torch.random.fork_rng(devices=[]):  # it seeds the global generator
+                return atk.perturb(x, y)
         if name == "pgd":
             kw = {"alpha": 2.5 * eps / PGD_STEPS, "steps": PGD_STEPS, "random_start": True}
         else:
@@ -152,3 +230,38 @@ def test_restarts_never_worse(attack, trained):
     one = score(model, craft(model, x, y, attack, restarts=1, **kw), y)["accuracy"]
     three = score(model, craft(model, x, y, attack, restarts=3, **kw), y)["accuracy"]
     assert three <= one
+
+
+def test_apgd_t_agrees_with_autoattack(robust_acc):
+    """fra31's APGDAttack_targeted, 6 targets, 100 steps, on the same model and images; 2/255
+    only: at 8/255 both fool every image, and the reference alone takes ~1 min per budget."""
+    eps = 2 / 255
+    ours, theirs = robust_acc("apgd_t", eps), robust_acc("autoattack_apgd_t", eps)
+    print(
+        f"\neps 2/255: clean {robust_acc('clean', eps):.1f} %, APGD-T ours {ours:.1f} %, "
+        f"auto-attack {theirs:.1f} % ({STEPS} steps, 6 targets)"
+    )
+    assert abs(ours - theirs) <= 1.0
+    assert ours < robust_acc("clean", eps)
+
+
+def test_apgd_t_at_least_as_strong_as_apgd_dlr(robust_acc):
+    for eps in EPS:
+        t, dlr = robust_acc("apgd_t", eps), robust_acc("apgd_dlr", eps)
+        print(f"\neps {eps * 255:.0f}/255: APGD-T {t:.1f} %, APGD-DLR {dlr:.1f} % ({STEPS} steps)")
+        assert t <= dlr + 0.5
+
+
+def test_more_targets_never_fool_fewer(trained):
+    """One generator and batch: the first target's run is the same whatever
+    n_target_classes, and later targets only attack what it left, so more targets fool a
+    superset of the images."""
+    model, x, y = trained
+    kw = {"eps": 2 / 255, "steps": 10, "batch_size": len(x), "seed": 0}
+    fooled = {
+        k: predict(model, craft(model, x, y, apgd_t, n_target_classes=k, **kw))[0] != y.numpy()
+        for k in (1, 6)
+    }
+    fooled1, fooled6 = fooled[1], fooled[6]
+    assert not (fooled1 & ~fooled6).any()
+    assert fooled6.sum() >= fooled1.sum() > 0

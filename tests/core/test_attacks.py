@@ -18,6 +18,7 @@ KWARGS: dict[str, dict[str, Any]] = {
     "mifgsm": {"eps": 0.1, "steps": 3},
     "apgd_ce": {"eps": 0.1, "steps": 5},
     "apgd_dlr": {"eps": 0.1, "steps": 5},
+    "apgd_t": {"eps": 0.1, "steps": 5},
 }
 
 

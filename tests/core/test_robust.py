@@ -3,6 +3,8 @@ equal to running each attack on the whole set and taking the per-example worst c
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -33,7 +35,7 @@ def test_curve_is_non_increasing_and_starts_at_clean_accuracy(trained):
     points = robust_curve(model, x, y, EPS[::-1], spec_for, ("fgsm", "pgd"))
     assert [p.eps for p in points] == sorted(EPS)
     acc = [p.accuracy for p in points]
-    assert all(b <= a for a, b in zip(acc, acc[1:], strict=False))
+    assert all(b <= a for a, b in itertools.pairwise(acc))
     pred, _ = predict(model, x)
     assert acc[0] == pytest.approx(float((pred == np.asarray(y)).mean()))
     assert acc[-1] < acc[0]  # eps 0.3 fools most images
@@ -61,6 +63,31 @@ def test_an_ensemble_is_never_weaker_than_its_members(trained):
     both = robust_curve(model, x, y, eps, spec_for, ("fgsm", "pgd"))[0].accuracy
     for attack in ("fgsm", "pgd"):
         assert both <= robust_curve(model, x, y, eps, spec_for, (attack,))[0].accuracy + 1e-9
+
+
+def test_apgd_t_never_weakens_the_ensemble(trained):
+    """The rigorous ensemble with APGD-T added is, budget by budget, at least as strong as
+    without it. One budget per call: the first three attacks then see the same images, seeds
+    and batches in both ensembles, so the claim is exact (across budgets the still-robust
+    set, hence PGD's random starts, would differ)."""
+
+    def apgd_spec(attack: str, eps: float) -> dict:
+        return spec_for(attack, eps) if attack == "pgd" else {"eps": eps, "steps": 20}
+
+    model, x, y = trained
+    base = ("pgd", "apgd_ce", "apgd_dlr")
+    for eps in (1 / 255, 2 / 255, 4 / 255):
+        (without,) = robust_curve(model, x, y, [eps], apgd_spec, base, seed=0)
+        (with_t,) = robust_curve(model, x, y, [eps], apgd_spec, (*base, "apgd_t"), seed=0)
+        print(
+            f"\neps {eps * 255:.0f}/255: robust accuracy {100 * without.accuracy:.1f} % "
+            f"(PGD, APGD-CE, APGD-DLR), {100 * with_t.accuracy:.1f} % (+ APGD-T)"
+        )
+        # the same images fooled, and maybe more: no class's recall can rise
+        assert with_t.accuracy <= without.accuracy
+        assert with_t.balanced_accuracy <= without.balanced_accuracy + 1e-12
+        assert with_t.mel_recall <= without.mel_recall + 1e-12
+        assert with_t.attacks == (*base, "apgd_t")
 
 
 def test_the_model_is_left_in_its_mode(trained):
