@@ -24,6 +24,7 @@ from prefect.states import Completed, State
 
 from skinadv import experiment as exp
 from skinadv import tracking
+from skinadv.bench.flops import train_cost_fields
 from skinadv.config import DefenceConfig, ExperimentConfig
 from skinadv.data.io import atomic_write_npz
 from skinadv.models import load_model, save_model
@@ -47,14 +48,19 @@ def _use_assigned_resources() -> dict[str, float]:
 
 
 def _key_figure(r: ModelResult) -> str:
-    """One line for the progress table and the Prefect UI: clean and white-box PGD."""
-    clean = r.transfer.value("clean", "balanced_accuracy")
-    pgd = r.whitebox.value("pgd", "accuracy")
-    parts = [f"clean {r.transfer.accuracy():.1%}"]
-    if clean is not None:
-        parts.append(f"bal. {clean:.1%}")
+    """One line for the progress table and the Prefect UI: balanced accuracy and melanoma
+    recall first (what a clinician reads), clean and under white-box PGD, then accuracy."""
+    bal = r.transfer.value("clean", "balanced_accuracy")
+    mel = (r.transfer.metrics["clean"].get("recall") or {}).get("mel")
+    pgd = r.whitebox.value("pgd", "balanced_accuracy")
+    parts = []
+    if bal is not None:
+        parts.append(f"bal. {bal:.1%}")
+    if mel is not None:
+        parts.append(f"mel {mel:.1%}")
     if pgd is not None:
-        parts.append(f"PGD white-box {pgd:.1%}")
+        parts.append(f"PGD white-box bal. {pgd:.1%}")
+    parts.append(f"acc. {r.transfer.accuracy():.1%}")
     return ", ".join(parts)
 
 
@@ -170,7 +176,9 @@ def _train_and_score(
             val=val,
         )
         tracking.set_stage(run_id, "logging")
-        result = dataclasses.replace(result, cost=trained.cost.as_dict())
+        # images, threads, FLOPs, precision, peaks: the report's "Training cost" table
+        cost = {**trained.cost.as_dict(), **train_cost_fields(trained, cfg)}
+        result = dataclasses.replace(result, cost=cost)
         tracking.log_metrics(run_id, result.flat_metrics())  # train_seconds, ... included
         tracking.log_metrics(run_id, resources.gpu_peak())  # on a GPU: for SKINADV_CELL_GPU_MB
         if trained.guard_triggered:  # fast-at's catastrophic-overfitting guard

@@ -7,12 +7,16 @@ schedule only moves the optimiser's learning rate.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 
 import torch
 from torch import Tensor
 
+from skinadv.attacks.craft import bf16_supported
 from skinadv.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 #: onecycle's start (lr / DIV) and end (lr / DIV / FINAL_DIV): torch's OneCycleLR defaults
 ONECYCLE_DIV = 25.0
@@ -86,7 +90,11 @@ def flip_batch(x: Tensor, gen: torch.Generator) -> Tensor:
 
 
 def train_autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast for ``precision: bf16``, else nothing."""
-    if cfg.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bfloat16 autocast for ``precision: bf16`` where the device has native bf16 kernels;
+    float32 (with a warning) where bf16 would only be emulated, which is slower than fp32."""
+    if cfg.precision != "bf16":
+        return contextlib.nullcontext()
+    if not bf16_supported(device):
+        log.warning("train.precision bf16: no native bf16 on %s, training in float32", device)
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -37,26 +37,45 @@ def test_presets_available_and_paper_settings():
 
 def test_quick_is_smaller_than_paper():
     quick, paper = load_preset("quick"), load_preset("paper")
-    assert quick.data.subset is not None and quick.data.oversample
     assert quick.attack.pgd.steps < paper.attack.pgd.steps
     assert quick.train.epochs < paper.train.epochs
     # same budgets as the paper: only the work is cut
     assert (quick.attack.fgsm.eps, quick.attack.pgd.eps) == (0.2, 0.3)
 
 
+def test_every_preset_on_all_of_the_data_and_the_recipe_in_quick_and_rigorous():
+    for name in ("quick", "rigorous", "paper"):
+        cfg = load_preset(name)
+        assert cfg.data.subset is None and cfg.data.oversample, name
+    for name in ("quick", "rigorous"):
+        cfg = load_preset(name)
+        assert cfg.data.group_by_lesion and cfg.data.val_size > 0, name
+        assert (cfg.train.schedule, cfg.train.augment) == ("onecycle", "flips"), name
+        assert len(cfg.seeds) >= 3, name
+    # paper keeps the paper's recipe, so that it still reproduces the paper
+    paper = load_preset("paper")
+    assert (paper.train.schedule, paper.train.augment, paper.train.precision) == (
+        "constant",
+        "none",
+        "fp32",
+    )
+    assert not paper.data.group_by_lesion and paper.train.lr == 0.001
+
+
 def test_rigorous_is_the_honest_protocol():
     """What the honest-numbers protocol promises: lesion-grouped split, a validation split,
     3 seeds, the paper's static grid and budgets, on-the-fly defences at 2/255 and 8/255,
-    the eps sweep worst case over PGD + both APGDs, the targeted clinical attacks."""
+    the eps sweep worst case over PGD + the three APGDs, the targeted clinical attacks."""
     r, paper = load_preset("rigorous"), load_preset("paper")
     assert r.data.group_by_lesion and r.data.val_size > 0 and len(r.seeds) == 3
     assert (r.methods, r.fractions) == (paper.methods, paper.fractions)
     assert (r.attack.fgsm.eps, r.attack.pgd.eps) == (0.2, 0.3)
     assert {(d.method, round(d.eps * 255)) for d in r.defences} == {
-        (m, e) for m in ("pgd-at", "trades", "fast-at") for e in (2, 8)
+        (m, e) for m in ("pgd-at", "trades", "n-fgsm") for e in (2, 8)
     }
     assert [round(e * 255, 3) for e in r.robust.eps] == [1, 2, 4, 8, 51, 76.5]
-    assert r.robust.attacks == ["pgd", "apgd_ce", "apgd_dlr"]
+    assert r.robust.attacks == ["pgd", "apgd_ce", "apgd_dlr", "apgd_t"]
+    assert r.attack.apgd.n_target_classes == 6  # every other class of the 7
     assert r.robust.select_eps == pytest.approx(2 / 255)
     assert set(r.robust.targeted) == {"mel->nv", "nv->mel"}
     full = load_preset("rigorous", ["data.subset=null", "model.width=32", "train.epochs=20"])
