@@ -17,14 +17,16 @@ seeds both share (``paired``); one whose interval covers 0 is called unresolved.
 
 Modules: ``frame`` (results to frames of means and intervals), ``paired`` (differences
 paired by seed), ``tables`` (the tables, column labels, the paper's numbers), ``console``
-(the terminal's summary table), ``autoattack`` (``skinadv verify``'s AutoAttack figures
-beside our ensemble's), ``figures``, ``text`` (verdict, headline and protocol notes),
-``page`` (the report object and its sections), ``markup`` (Markdown and HTML), ``render``
-(assembly and files).
+(the terminal's summary table), ``cost`` (training images/s and FLOP/s per thread against
+the CPU's peaks), ``autoattack`` (``skinadv verify``'s AutoAttack figures beside our
+ensemble's), ``figures``, ``text`` (verdict, headline and protocol notes), ``page`` (the
+report object and its sections), ``markup`` (Markdown and HTML), ``render`` (assembly and
+files).
 """
 
 from skinadv.report.autoattack import autoattack_flags, autoattack_table
 from skinadv.report.console import results_table
+from skinadv.report.cost import cost_table
 from skinadv.report.figures import Example, curve_figure, examples_figure, fraction_figure
 from skinadv.report.frame import ONE_SEED_NOTE, curve_frame, nv_baseline, results_frame
 from skinadv.report.paired import paired_differences, paired_table
@@ -49,6 +51,7 @@ __all__ = [
     "autoattack_flags",
     "autoattack_table",
     "build_report",
+    "cost_table",
     "curve_figure",
     "curve_frame",
     "defences_table",

@@ -28,7 +28,7 @@ _GROUP_KIND.update(
 
 
 def _numeric(col: str) -> bool:
-    return col not in ("method", "protocol", "cell")
+    return col not in ("method", "protocol", "cell", "precision")
 
 
 def _shown(df: pd.DataFrame) -> list[str]:

@@ -102,6 +102,12 @@ CAPTIONS = {
     "targeted white-box PGD attack turns a correctly classified melanoma into a nevus (a "
     "missed cancer) or a nevus into a melanoma (a false alarm): the share of the source "
     "class's correctly classified test images that the attack flips to the target.",
+    "training_cost": "What a model costs to train, per kind of model and per torch thread "
+    "(the grid's Ray workers each use one): images trained on per second (every epoch "
+    "counts), gradient evaluations per image trained on (an on-the-fly defence's attack "
+    "steps included), the matmul and convolution GFLOP/s that is, and its share of one "
+    "thread's fp32 and bf16 matmul peak; time spent outside matmuls (BatchNorm, pooling, "
+    "Adam, per-batch overhead) is much of why a small CNN's share is low.",
     "champions": "Per method, the single trained model (cell and seed) with the highest "
     "white-box robust balanced accuracy on the validation split, registered in the MLflow "
     "Model Registry under this alias; its model card holds its test figures.",
@@ -164,6 +170,8 @@ def sections(report: Report) -> list[Section]:
                 "defences_on_the_fly",
             )
         )
+    if "training_cost" in t:
+        out.append(("Training cost", CAPTIONS["training_cost"], "table", "training_cost"))
     if "autoattack" in t:
         out.append(("AutoAttack vs our ensemble", CAPTIONS["autoattack"], "table", "autoattack"))
         if report.table_flags.get("autoattack"):

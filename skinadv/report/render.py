@@ -18,6 +18,7 @@ import pandas as pd
 
 from skinadv.report.autoattack import autoattack_flags, autoattack_note, autoattack_table
 from skinadv.report.console import baseline_words
+from skinadv.report.cost import cost_note, cost_table
 from skinadv.report.figures import (
     Example,
     curve_figure,
@@ -115,6 +116,10 @@ def build_report(
     defences = defences_table(frame)
     if not defences.empty:
         tables["defences_on_the_fly"] = defences
+    cost = cost_table(results)
+    if not cost.empty:
+        tables["training_cost"] = cost
+        notes["training_cost"] = cost_note(results)
     if champions:
         tables["champions"] = pd.DataFrame(list(champions))
     clinical = clinical_table(frame)

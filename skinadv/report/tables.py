@@ -207,6 +207,15 @@ _PLAIN = {
     "train_seconds": "Training time (s)",
     "train_grad_evals": "Training cost (gradient evaluations, images)",
     "registered": "MLflow registered model",
+    # training cost (skinadv.report.cost)
+    "models": "n (models)",
+    "precision": "Precision",
+    "threads": "Threads",
+    "images_per_s_per_thread": "Training images/s per thread",
+    "grad_evals_per_image": "Gradient evaluations per image",
+    "gflops_per_thread": "GFLOP/s per thread",
+    "share_fp32_peak": "Share of fp32 peak (%)",
+    "share_bf16_peak": "Share of bf16 peak (%)",
     # sweeps
     "eps": "PGD eps",
     "steps": "PGD steps",
@@ -321,9 +330,9 @@ def format_value(col: str, v: Any, *, quoted: bool = False) -> str:
         return "–"
     if col in ("fraction", "best_fraction", "paper_fraction"):
         return f"{100 * float(v):.0f} %"
-    if col == "train_grad_evals":
+    if col in ("train_grad_evals", "images_per_s_per_thread"):
         return f"{float(v):,.0f}"
-    if col in ("seeds", "seed", "steps", "restarts", "n_images"):
+    if col in ("seeds", "seed", "steps", "restarts", "n_images", "models", "threads"):
         return str(int(v))
     if col in ("eps", "budget"):
         return eps_text(float(v))
