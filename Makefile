@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/python -m pip install -q adversarial-robustness-toolbox==1.20.1
 	$(BIN)/python -m pip install -q --no-deps torchattacks==3.5.1
+	$(BIN)/python -m pip install -q --no-deps pyautoattack==0.2.0
 	touch $(STAMP)
 
 demo: $(STAMP)

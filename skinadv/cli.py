@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from skinadv.commands import bench, console, data, experiment, grid, serve, stack
+from skinadv.commands import bench, console, data, experiment, grid, serve, stack, verify
 from skinadv.memory import keep_freed_memory
 
 app = typer.Typer(
@@ -16,7 +16,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data.app, name="data")
-for _group in (experiment, grid, serve, stack, bench):  # flat: ``skinadv train``, ``skinadv grid``
+# flat: ``skinadv train``, ``skinadv grid``
+for _group in (experiment, grid, serve, stack, bench, verify):
     app.add_typer(_group.app)
 
 
