@@ -125,11 +125,11 @@ def markdown(
         "# AutoAttack verification",
         "",
         (
-            f"Each model below is scored on {subset} by AutoAttack's standard version, the "
-            f"reference implementation ({REFERENCE}, fra31/auto-attack: APGD-CE, APGD-T and "
-            f"FAB-T aimed at the 6 other classes, then Square with {SQUARE_QUERIES} queries; "
-            "L-inf, per-image worst case), and beside it by our own worst-case ensemble on the "
-            "same images. Figures are percent of those images; balanced accuracy and melanoma "
+            "Each model below is scored by AutoAttack's standard version, the reference "
+            f"implementation ({REFERENCE}, fra31/auto-attack: APGD-CE, then APGD-T and FAB-T "
+            f"aimed at the 6 other classes, then Square with {SQUARE_QUERIES} queries; L-inf, "
+            "per-image worst case), and beside it by our own worst-case ensemble, both on "
+            f"{subset}. Figures are percent of those images; balanced accuracy and melanoma "
             "recall are the ones a clinician reads."
         ),
         "",
@@ -149,9 +149,12 @@ def markdown(
     for m in models:
         out += [
             "",
-            f"## {m.cell}, seed {m.seed} ({m.why})",
+            f"## {m.cell}, seed {m.seed}",
             "",
-            f"MLflow run `{m.run_id}`; {m.n} images; AutoAttack took {m.seconds:.0f} s in all.",
+            (
+                f"Why: {m.why}. MLflow run `{m.run_id}`; {m.n} images; AutoAttack took "
+                f"{m.seconds:.0f} s in all."
+            ),
             "",
             *model_table(m),
         ]
