@@ -24,8 +24,15 @@ from skinadv.evaluation.metrics import metrics
 from skinadv.stats import t_interval
 from skinadv.training import fit, prepare_data
 
-BASE = {"width": 8, "epochs": 3, "batch_size": 128, "lr": 0.004, "schedule": "onecycle",
-        "augment": "flips", "precision": "fp32"}
+BASE = {
+    "width": 8,
+    "epochs": 3,
+    "batch_size": 128,
+    "lr": 0.004,
+    "schedule": "onecycle",
+    "augment": "flips",
+    "precision": "fp32",
+}
 
 
 def parse_recipe(text: str) -> dict:
@@ -42,8 +49,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", help="the HAM10000 folder or the canonical 28x28 npz")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--recipe", action="append", default=[],
-                    help="comma-separated overrides of " + str(BASE))
+    ap.add_argument(
+        "--recipe", action="append", default=[], help="comma-separated overrides of " + str(BASE)
+    )
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -59,9 +67,16 @@ def main() -> None:
         vals: dict[str, list[float]] = {"accuracy": [], "balanced_accuracy": [], "mel": []}
         secs, ips = [], []
         for seed in args.seeds:
-            cfg = TrainConfig(epochs=r["epochs"], batch_size=r["batch_size"], lr=r["lr"],
-                              schedule=r["schedule"], augment=r["augment"],
-                              precision=r["precision"], seed=seed, device="cpu")
+            cfg = TrainConfig(
+                epochs=r["epochs"],
+                batch_size=r["batch_size"],
+                lr=r["lr"],
+                schedule=r["schedule"],
+                augment=r["augment"],
+                precision=r["precision"],
+                seed=seed,
+                device="cpu",
+            )
             t0 = time.perf_counter()
             res = fit(ModelConfig(width=r["width"]), (x, y), cfg)
             secs.append(time.perf_counter() - t0)
@@ -75,8 +90,10 @@ def main() -> None:
             iv = t_interval(vals[k])
             cells.append(f"{iv.mean:.1f} ± {iv.half_width:.1f}")
         label = ",".join(f"{k}={v}" for k, v in r.items() if BASE[k] != v) or "base"
-        print(f"| {label} | {' | '.join(cells)} | {np.mean(secs):.0f} | {np.mean(ips):.0f} |",
-              flush=True)
+        print(
+            f"| {label} | {' | '.join(cells)} | {np.mean(secs):.0f} | {np.mean(ips):.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ retry marks it KILLED (``kill_stale``), and so does the end of every grid
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -346,14 +347,28 @@ def log_result(run_id: str, payload: Mapping[str, Any]) -> None:
     client().log_text(run_id, json.dumps(payload), EVALUATION_FILE)
 
 
+#: metrics logged on a model's run after it finished (``skinadv verify``'s AutoAttack and
+#: the ensemble on the same images): they reach the report as ``ModelResult.extra``
+EXTRA_PREFIXES = ("autoattack_", "ensemble_")
+
+
 def load_result(run_id: str):
-    """A finished run's ``ModelResult`` and its sanity sweeps (None unless vanilla)."""
+    """A finished run's ``ModelResult`` (with the metrics ``skinadv verify`` logged on it
+    later as ``extra``) and its sanity sweeps (None unless vanilla)."""
     from skinadv.results import ModelResult
 
     with tempfile.TemporaryDirectory(prefix="skinadv-eval-") as tmp:
         path = client().download_artifacts(run_id, EVALUATION_FILE, tmp)
         payload = json.loads(Path(path).read_text())
-    return ModelResult.from_dict(payload, run_id=run_id), payload.get("sweeps")
+    result = ModelResult.from_dict(payload, run_id=run_id)
+    later = {
+        k: v
+        for k, v in client().get_run(run_id).data.metrics.items()
+        if k.startswith(EXTRA_PREFIXES)
+    }
+    if later:
+        result = dataclasses.replace(result, extra={**result.extra, **later})
+    return result, payload.get("sweeps")
 
 
 def load_results(run_ids: list[str]) -> tuple[list, dict | None]:

@@ -400,4 +400,6 @@ def report(
     console.print(results_table(results))
     for note in rep.notes:
         console.print(f"[yellow]note:[/] {note}")
+    for flag in rep.table_flags.get("autoattack", []):  # AutoAttack's own checks
+        console.print(f"WARN {flag}", markup=False, style="yellow")
     console.print(f"report rebuilt from MLflow: {dest}/report.html")

@@ -63,7 +63,7 @@ def lr_scheduler(
             final_div_factor=ONECYCLE_FINAL_DIV,
             cycle_momentum=False,  # Adam's betas stay as they are
         )
-    warm = int(round(cfg.warmup * total_steps))
+    warm = round(cfg.warmup * total_steps)
 
     def factor(step: int) -> float:  # step: optimiser steps taken so far
         if step < warm:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -36,8 +38,8 @@ def test_schedule_peaks_at_lr_and_reaches_its_final_lr(schedule):
     peak = int(np.argmax(lrs))
     assert lrs[peak] == pytest.approx(cfg.lr, rel=0.01)  # the peak falls between two steps
     assert 0 < peak < total  # a warm-up, then an anneal
-    assert all(a <= b + 1e-12 for a, b in zip(lrs[:peak], lrs[1 : peak + 1]))  # warm-up rises
-    assert all(a >= b - 1e-12 for a, b in zip(lrs[peak:], lrs[peak + 1 :]))  # anneal falls
+    assert all(a <= b + 1e-12 for a, b in itertools.pairwise(lrs[: peak + 1]))  # warm-up rises
+    assert all(a >= b - 1e-12 for a, b in itertools.pairwise(lrs[peak:]))  # anneal falls
     assert lrs[-1] == pytest.approx(final_lr(cfg), abs=1e-9)
     assert final_lr(cfg) < cfg.lr / 1000
 
@@ -122,11 +124,14 @@ def test_flips_happen_in_training_only(small_train):
 
 def test_bf16_training_learns_like_fp32(small_train):
     # weights stay float32; the loss falls under bf16 autocast as it does in float32
-    res = {p: fit(ModelConfig(width=4), small_train, FAST.model_copy(update={"precision": p}))
-           for p in ("fp32", "bf16")}
+    res = {
+        p: fit(ModelConfig(width=4), small_train, FAST.model_copy(update={"precision": p}))
+        for p in ("fp32", "bf16")
+    }
     for r in res.values():
-        assert all(t.dtype == torch.float32 for t in r.model.state_dict().values()
-                   if t.is_floating_point())
+        assert all(
+            t.dtype == torch.float32 for t in r.model.state_dict().values() if t.is_floating_point()
+        )
         assert r.history[-1].loss < r.history[0].loss * 1.05
     assert abs(res["bf16"].history[-1].loss - res["fp32"].history[-1].loss) < 0.3
 
@@ -142,18 +147,25 @@ def test_n_fgsm_step_noise_bound_and_no_projection(rand_batch, small_model):
     assert float(delta.max()) <= 3 * eps + 1e-6  # noise 2 eps + a step of eps
     assert float(delta.max()) > 1.5 * eps  # not projected back to the eps-ball
     # noise alone is bounded by 2 eps: with a zero step, what is left is the noise
-    no_step = n_fgsm_example(small_model, x, y, d.model_copy(update={"alpha": 0.0}),
-                             torch.Generator().manual_seed(0))
+    no_step = n_fgsm_example(
+        small_model, x, y, d.model_copy(update={"alpha": 0.0}), torch.Generator().manual_seed(0)
+    )
     assert float((no_step - x).abs().max()) <= 2 * eps + 1e-6
     assert float((no_step - x).abs().max()) > eps  # noise wider than the budget
     # no noise: plain FGSM from x (clamped to the image range)
-    fgsm_like = n_fgsm_example(small_model, x, y, d.model_copy(update={"noise": 0.0}),
-                               torch.Generator().manual_seed(0))
+    fgsm_like = n_fgsm_example(
+        small_model, x, y, d.model_copy(update={"noise": 0.0}), torch.Generator().manual_seed(0)
+    )
     assert torch.allclose((fgsm_like - x).abs().amax(), torch.tensor(eps), atol=1e-6)
 
 
 def test_n_fgsm_costs_two_gradient_evaluations_per_image(rand_batch, small_model):
     x, y = rand_batch
-    out = n_fgsm_loss(small_model.train(), x, y, DefenceConfig(method="n-fgsm", eps=2 / 255),
-                      torch.Generator().manual_seed(0))
+    out = n_fgsm_loss(
+        small_model.train(),
+        x,
+        y,
+        DefenceConfig(method="n-fgsm", eps=2 / 255),
+        torch.Generator().manual_seed(0),
+    )
     assert out.grad_evals == 2 * x.shape[0] and out.loss.requires_grad

@@ -126,3 +126,27 @@ def test_verify_without_a_grid_says_so(grid, tmp_path):
     )  # fmt: skip
     assert res.exit_code == 2 and "no-such-grid" in res.output
     assert not (tmp_path / "out" / "verify.md").exists()
+
+
+def test_verified_figures_reach_the_report(grid, tmp_path, monkeypatch):
+    """What verify logged on a run comes back with the run's result (``extra``), so the
+    report rebuilt from MLflow shows AutoAttack beside the ensemble."""
+    from skinadv.report import autoattack_table
+
+    uri, parent, runs = grid
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(
+        app,
+        ["verify", "--tracking-uri", uri, "--run-dir", str(tmp_path / "g"), "--experiment",
+         EXPERIMENT, "--eps", "8/255", "--n-images", "30", "--set", "data.val_size=0.1",
+         "--models", "vanilla"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    logged = tracking.client().get_run(runs["vanilla-s0"]).data.metrics
+    result, _ = tracking.load_result(runs["vanilla-s0"])
+    assert result.extra["autoattack_8_255_accuracy"] == logged["autoattack_8_255_accuracy"]
+    assert result.extra["ensemble_8_255_accuracy"] == logged["ensemble_8_255_accuracy"]
+    unverified, _ = tracking.load_result(runs["pgd-at@8_255-s0"])
+    assert not any(k.startswith("autoattack_") for k in unverified.extra)
+    table = autoattack_table([result, unverified])
+    assert len(table) == 1 and table.iloc[0]["cell"] == "vanilla"
