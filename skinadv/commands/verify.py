@@ -265,7 +265,7 @@ def _verify(
     import torch
 
     from skinadv import experiment as exp
-    from skinadv import verify_tracking as vt
+    from skinadv.commands import verify_tracking as vt
     from skinadv.evaluation.autoattack import stratified_indices
     from skinadv.evaluation.autoattack import verify as run_verify
     from skinadv.evaluation.verify_report import VerifiedModel

@@ -1,7 +1,7 @@
 """MLflow side of ``skinadv verify``: read a grid's runs and champions, log the figures.
 
-Beside ``skinadv.tracking`` (kept under its size limit), the only other module of the core
-package that imports mlflow. Verification figures are added to each model's finished run
+An adapter beside ``skinadv.tracking`` (kept under its size limit): it lives with the CLI
+commands, since the core imports no mlflow. Verification figures are added to each model's finished run
 as metrics (the run's status is never touched: its owner ended it), and the Markdown / JSON
 write-up goes on the grid's parent run under ``verify/``.
 """
