@@ -335,10 +335,15 @@ def latest_parent(experiment: str):
 
 
 def cell_run_ids(parent) -> list[str]:
-    """The child runs (trained or reused) a parent run's gather step reported on."""
+    """The child runs (trained or reused) a parent run's gather step reported on; for a grid
+    that has not gathered (still running, or interrupted), its children finished so far."""
     cells = json.loads(parent.data.tags.get(TAG_CELLS, "{}"))
     if not cells:
-        raise ValueError(f"parent run {parent.info.run_id} lists no cells")
+        query = f"tags.`{TAG_PARENT}` = '{parent.info.run_id}' and tags.`{TAG_COMPLETE}` = 'true'"
+        done = client().search_runs([parent.info.experiment_id], query, max_results=10_000)
+        cells = {r.info.run_id: r.info.run_id for r in done if r.info.status == "FINISHED"}
+    if not cells:
+        raise ValueError(f"parent run {parent.info.run_id} lists no cells and has none finished")
     return list(cells.values())
 
 

@@ -356,6 +356,13 @@ def report(
         ),
     ] = Path("runs/grid"),
     out: Annotated[Path | None, typer.Option(help="Where to write the report.")] = None,
+    parent_run: Annotated[
+        str | None,
+        typer.Option(
+            help="A grid's parent run id (default: the newest finished one); a grid still "
+            "running or interrupted is reported on the models it finished so far."
+        ),
+    ] = None,
 ) -> None:
     """Rebuild the tables and figures of the latest grid run from MLflow alone."""
     from skinadv.stack import Stack, StackError
@@ -376,7 +383,15 @@ def report(
             from skinadv.report import build_report, save_report
 
             try:
-                parent = tracking.latest_parent(experiment)
+                if parent_run is None:
+                    parent = tracking.latest_parent(experiment)
+                else:
+                    from mlflow.exceptions import MlflowException
+
+                    try:
+                        parent = tracking.client().get_run(parent_run)
+                    except MlflowException:
+                        raise ValueError(f"no MLflow run {parent_run!r}") from None
                 results, sweeps = tracking.load_results(tracking.cell_run_ids(parent))
             except ValueError as exc:
                 raise fail(str(exc)) from None

@@ -150,3 +150,25 @@ def test_verified_figures_reach_the_report(grid, tmp_path, monkeypatch):
     assert not any(k.startswith("autoattack_") for k in unverified.extra)
     table = autoattack_table([result, unverified])
     assert len(table) == 1 and table.iloc[0]["cell"] == "vanilla"
+
+
+def test_a_grid_that_has_not_gathered_is_read_from_its_finished_children(tmp_path, monkeypatch):
+    """A parent run with no cell list yet (a grid still running, or interrupted) gives the
+    children it finished so far: what ``skinadv report --parent-run`` and ``verify`` read."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = tracking.start_run("partial", name="grid", kind="parent")
+    with tracking.owned_run("partial", name="a", kind="vanilla", parent_run_id=parent) as done:
+        pass
+    running = tracking.start_run("partial", name="b", kind="cell", parent_run_id=parent)
+    with pytest.raises(RuntimeError):
+        with tracking.owned_run("partial", name="c", kind="cell", parent_run_id=parent):
+            raise RuntimeError("a failed model")
+    assert tracking.cell_run_ids(tracking.client().get_run(parent)) == [done]
+    tracking.finish_run(running)  # finished now: listed too
+    assert sorted(tracking.cell_run_ids(tracking.client().get_run(parent))) == sorted(
+        [done, running]
+    )
+    empty = tracking.start_run("partial", name="grid2", kind="parent")
+    with pytest.raises(ValueError, match="has none finished"):
+        tracking.cell_run_ids(tracking.client().get_run(empty))
