@@ -36,6 +36,19 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def has_mlflow(run_dir: Any) -> bool:
+    """Whether there is an MLflow to read: one named by the environment, or the run folder's
+    own database (``skinadv grid`` / ``up`` left it; commands that read it start a server)."""
+    import os
+    from pathlib import Path
+
+    return bool(
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or os.environ.get("SKINADV_MLFLOW_BACKEND_URI")
+        or (Path(run_dir) / "mlflow.db").is_file()
+    )
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Bad input (data, config, arguments) -> ``error: ...``, exit 2; IO or numeric

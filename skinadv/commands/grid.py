@@ -31,6 +31,7 @@ from skinadv.commands import (
     SetOpt,
     console,
     fail,
+    has_mlflow,
 )
 
 app = typer.Typer(pretty_exceptions_enable=False)
@@ -367,11 +368,7 @@ def report(
     """Rebuild the tables and figures of the latest grid run from MLflow alone."""
     from skinadv.stack import Stack, StackError
 
-    if not (
-        os.environ.get("MLFLOW_TRACKING_URI")
-        or os.environ.get("SKINADV_MLFLOW_BACKEND_URI")
-        or (run_dir / "mlflow.db").is_file()
-    ):
+    if not has_mlflow(run_dir):
         raise fail(
             f"no MLflow to read: set MLFLOW_TRACKING_URI or point --run-dir at a grid "
             f"run folder ({run_dir / 'mlflow.db'} does not exist)"

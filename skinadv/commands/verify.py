@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from skinadv.commands import ExperimentOpt, SetOpt, console, fail, user_errors
+from skinadv.commands import ExperimentOpt, SetOpt, console, fail, has_mlflow, user_errors
 from skinadv.commands.verify_models import pick_models
 
 app = typer.Typer(pretty_exceptions_enable=False)
@@ -219,11 +219,7 @@ def verify(
         raise fail(str(exc), 1) from None
     if tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    elif not (
-        os.environ.get("MLFLOW_TRACKING_URI")
-        or os.environ.get("SKINADV_MLFLOW_BACKEND_URI")
-        or (run_dir / "mlflow.db").is_file()
-    ):
+    elif not has_mlflow(run_dir):
         raise fail(
             f"no MLflow to read: {run_dir} is not a grid's run folder ({run_dir / 'mlflow.db'} "
             "does not exist); pass --run-dir of a finished grid or --tracking-uri"
