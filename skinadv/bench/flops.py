@@ -287,8 +287,9 @@ def train_cost_fields(trained: TrainResult, cfg: ExperimentConfig) -> dict[str, 
 
     Returns:
         ``{"images", "threads", "flops_per_image", "attack_flops_per_image", "bf16",
-        "peak_fp32_flops", "peak_bf16_flops"}`` (the peaks for a CPU run only), all float (flat as ``train_images``, ... in the record);
-        ``bf16`` is 1.0 where training ran under bf16 autocast, else 0.0.
+        "peak_fp32_flops", "peak_bf16_flops"}`` (the peaks for a CPU run only), all float
+        (flat as ``train_images``, ... in the record); ``bf16`` is 1.0 where training ran
+        under bf16 autocast, else 0.0.
     """
     shape = (3, cfg.data.size, cfg.data.size)
     out = {
