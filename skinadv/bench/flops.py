@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from skinadv.attacks.craft import bf16_supported
 
@@ -43,6 +44,27 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
     if dtype not in DTYPES:
         raise ValueError(f"unknown precision {dtype!r}; choose one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+class _MatmulFlops(TorchDispatchMode):
+    """Counts matmul and convolution FLOPs with torch's own formulas (``flop_registry``).
+
+    Not ``FlopCounterMode``: that one enters a ``ModuleTracker``, whose module hooks are
+    global, so counting in one thread broke models running in another (the grid's thread
+    runner trains cells side by side). A dispatch mode is thread-local.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
 
 
 def training_flops_per_image(
@@ -72,12 +94,11 @@ def training_flops_per_image(
     p = next(m.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
     x = torch.rand(batch, *input_shape, device=device, requires_grad=input_grad)
-    counter = FlopCounterMode(display=False)
-    with counter:
+    with _MatmulFlops() as counter:
         out = m(x)
         # the loss's own FLOPs are not matmuls: sum() stands in for cross-entropy
         out.float().sum().backward()
-    return counter.get_total_flops() / batch
+    return counter.total / batch
 
 
 def attack_flops_per_image(model: nn.Module, input_shape: tuple[int, ...] = (3, 28, 28)) -> float:
@@ -97,12 +118,10 @@ def attack_flops_per_image(model: nn.Module, input_shape: tuple[int, ...] = (3, 
     device = p.device if p is not None else torch.device("cpu")
     batch = 4
     x = torch.rand(batch, *input_shape, device=device, requires_grad=True)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        # backward() on frozen weights computes what autograd.grad(loss, x) does; the
-        # counter's module hooks do not support autograd.grad itself
+    with _MatmulFlops() as counter:
+        # backward() on frozen weights computes what autograd.grad(loss, x) does
         m(x).float().sum().backward()
-    return counter.get_total_flops() / batch
+    return counter.total / batch
 
 
 def measured_peak(

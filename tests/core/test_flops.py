@@ -188,3 +188,29 @@ def test_cost_table_of_older_records():
     assert math.isnan(t.loc["pgd-at@2_255", "images_per_s_per_thread"])
     assert "no shares" in report(old).table_notes["training_cost"]
     assert cost_table([scored("vanilla")]).empty
+
+
+def test_counting_flops_installs_no_global_module_hooks():
+    """The grid's thread runner trains cells side by side: counting FLOPs in one thread must
+    not hook every module of every thread (torch's FlopCounterMode enters a ModuleTracker,
+    whose forward hooks are global)."""
+    from torch.nn.modules import module as module_mod
+
+    from skinadv.bench import flops
+
+    seen = []
+    real_grad = torch.Tensor.backward
+
+    def spy(self, *a, **kw):  # inside the counter: what global hooks are installed now
+        seen.append(
+            len(module_mod._global_forward_pre_hooks) + len(module_mod._global_forward_hooks)
+        )
+        return real_grad(self, *a, **kw)
+
+    before = seen[:]
+    torch.Tensor.backward = spy
+    try:
+        flops.training_flops_per_image(torch.nn.Linear(4, 3), (4,))
+    finally:
+        torch.Tensor.backward = real_grad
+    assert before == [] and seen == [0]
