@@ -14,6 +14,7 @@ tasks/ wrap these one-to-one; a notebook can call them directly:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Iterable, Mapping
@@ -30,6 +31,7 @@ from skinadv.evaluation import evaluate
 from skinadv.evaluation.checks import eps_sweep, sweep
 from skinadv.evaluation.evaluate import craft_transfer_sets, predict
 from skinadv.evaluation.robust import robust_curve
+from skinadv.evaluation.subset import stratified_indices
 from skinadv.evaluation.targeted import targeted_success
 from skinadv.memory import keep_freed_memory
 from skinadv.report import Example
@@ -210,7 +212,11 @@ def evaluate_both(
         whitebox = transfer.as_protocol("whitebox")
     else:
         whitebox = score_protocol(cfg, model, test, "whitebox", seed=seed)
-    curve = robustness_curve(cfg, model, test, seed=seed) if cfg.robust.eps else []
+    curve = (
+        robustness_curve(cfg, model, test, seed=seed, n_images=cfg.robust.n_images)
+        if cfg.robust.eps
+        else []
+    )
     validation, val_robust = None, None
     if val is not None:
         if not val_sets:
@@ -251,11 +257,18 @@ def robustness_curve(
     seed: int = 0,
     eps: list[float] | None = None,
     attacks: list[str] | None = None,
+    n_images: int | None = None,
 ) -> list[RobustPoint]:
     """White-box robust accuracy at each ``cfg.robust.eps`` (or ``eps``), worst case over
-    ``cfg.robust.attacks`` (or ``attacks``), on the whole of ``test``."""
+    ``cfg.robust.attacks`` (or ``attacks``), on ``test`` or, given ``n_images``, on its
+    fixed class-stratified subset of that many images (``stratified_indices``, seed 0:
+    the same images for every model, and the ones ``skinadv verify`` attacks)."""
     x, y = test.to_float()
-    return robust_curve(
+    n = None
+    if n_images is not None and n_images < len(y):
+        idx = stratified_indices(np.asarray(y), n_images, seed=0)
+        x, y, n = x[idx], y[idx], len(idx)
+    points = robust_curve(
         model,
         x,
         y,
@@ -265,6 +278,7 @@ def robustness_curve(
         batch_size=cfg.attack.batch_size,
         seed=seed,
     )
+    return [dataclasses.replace(p, n_images=n) for p in points]
 
 
 def targeted_attacks(

@@ -122,9 +122,10 @@ class RobustPoint:
 
     Args:
         eps: L-inf budget in [0, 1] pixel units.
-        accuracy, balanced_accuracy: over the test set, fractions in [0, 1].
+        accuracy, balanced_accuracy: over the images attacked, fractions in [0, 1].
         mel_recall: melanoma recall under the worst case (None when no melanoma is scored).
         attacks: the ensemble's attack names.
+        n_images: the images attacked when a fixed subset of the test set was (None: all).
     """
 
     eps: float
@@ -132,6 +133,7 @@ class RobustPoint:
     balanced_accuracy: float
     mel_recall: float | None = None
     attacks: tuple[str, ...] = ()
+    n_images: int | None = None
 
     def metrics(self) -> dict[str, float]:
         """``robust_2_255_accuracy``, ``robust_2_255_balanced_accuracy``, ..."""
@@ -154,6 +156,7 @@ class RobustPoint:
             float(d["balanced_accuracy"]),
             None if d.get("mel_recall") is None else float(d["mel_recall"]),
             tuple(d.get("attacks", ())),
+            None if d.get("n_images") is None else int(d["n_images"]),
         )
 
 

@@ -253,6 +253,9 @@ class RobustConfig(_Config):
     eps: list[float] = Field(default_factory=list)
     attacks: list[str] = Field(default_factory=lambda: ["pgd"])
     pgd_steps: int = Field(20, ge=1)
+    #: the images the test curve attacks: a fixed, class-stratified subset of this many test
+    #: images, the same for every model (``skinadv verify``'s subset); None: all of them
+    n_images: int | None = Field(None, ge=1)
     #: the budget of the validation split's white-box PGD score, which picks champions
     select_eps: float = 2 / 255
     #: targeted attacks between classes, ``"mel->nv"`` (a missed cancer), and their budgets

@@ -35,6 +35,7 @@ from skinadv.attacks.craft import as_tensor, eval_mode
 from skinadv.evaluation.evaluate import predict
 from skinadv.evaluation.metrics import metrics
 from skinadv.evaluation.robust import SpecFor, robust_curve
+from skinadv.evaluation.subset import stratified_indices
 from skinadv.results import RobustPoint, eps_text
 
 log = logging.getLogger(__name__)
@@ -312,24 +313,6 @@ def verify(
             on_point(c)
         out.append(c)
     return out
-
-
-def stratified_indices(y: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:
-    """A fixed, seeded, class-stratified choice of ``n`` of the images (sorted indices; all
-    of them when there are no more than ``n``): the same for every model verified."""
-    y = np.asarray(y)
-    if n < 1:
-        raise ValueError(f"the number of images must be positive, got {n}")
-    if n >= y.size:
-        return np.arange(y.size)
-    from sklearn.model_selection import train_test_split
-
-    counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 and n >= np.count_nonzero(counts) else None
-    keep, _ = train_test_split(
-        np.arange(y.size), train_size=n, random_state=seed, stratify=stratify
-    )
-    return np.sort(keep)
 
 
 __all__ = [

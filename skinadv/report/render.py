@@ -44,7 +44,7 @@ from skinadv.report.tables import (
     table1,
     table2,
 )
-from skinadv.report.text import headline, protocol_notes, verdict
+from skinadv.report.text import curve_images, headline, protocol_notes, verdict
 from skinadv.results import ModelResult, Sweeps
 
 if TYPE_CHECKING:
@@ -65,6 +65,19 @@ def bootstrapped(table: pd.DataFrame) -> bool:
     one = table["seeds"] == 1
     bounds = [c for c in table.columns if c.endswith(LOW)]
     return bool(one.any() and bounds and table.loc[one, bounds].notna().any().any())
+
+
+def curve_subset_note(results: Sequence[ModelResult]) -> str:
+    """Under the robust table: the fixed test subset its curves were scored on, if any."""
+    images = curve_images(results)
+    if images is None:
+        return ""
+    return (
+        f"Robust figures (this table, the figure above it and every robust_ column) are on a "
+        f"fixed, class-stratified subset of {images}, the same for every model and the ones "
+        f"skinadv verify attacks with AutoAttack; clean and paper-budget figures use the "
+        f"whole test set."
+    )
 
 
 def build_report(
@@ -113,6 +126,9 @@ def build_report(
         drawn = curve_cells(curves, frame)
         figures["robust_vs_eps"] = curve_figure(curves, drawn)
         tables["robust_vs_eps"] = robust_table(frame, drawn)
+        subset = curve_subset_note(results)
+        if subset:
+            notes["robust_vs_eps"] = subset
     defences = defences_table(frame)
     if not defences.empty:
         tables["defences_on_the_fly"] = defences

@@ -112,6 +112,13 @@ def verdict_cells(frame: pd.DataFrame, results: Sequence[ModelResult]) -> list[s
     return list(dict.fromkeys(c for c in named if c is not None))
 
 
+def curve_images(results: Sequence[ModelResult]) -> str | None:
+    """The fixed test subset the robust curves were scored on ("500 test images"); None
+    when they were scored on the whole test set."""
+    sizes = sorted({p.n_images for r in results for p in r.curve if p.n_images})
+    return f"{' / '.join(map(str, sizes))} test images" if sizes else None
+
+
 def verdict(frame: pd.DataFrame, results: Sequence[ModelResult]) -> list[str]:
     """The opening sentences, in clinical figures (balanced accuracy, melanoma recall) with
     accuracy beside them, each difference paired by seed ("+X ± w points, paired over n
@@ -149,7 +156,7 @@ def verdict(frame: pd.DataFrame, results: Sequence[ModelResult]) -> list[str]:
         if m is not None:
             lead = (
                 f"At eps {eps} the most robust defence on the validation split is {m['cell']}: "
-                f"robust balanced accuracy on the test set {_pm(m, at_bal)}"
+                f"robust balanced accuracy on {curve_images(results) or 'the test set'} {_pm(m, at_bal)}"
             )
             d = diffs.get(m["cell"], {})
             if pd.isna(v.get(at_bal, np.nan)) or VS + at_bal not in d:

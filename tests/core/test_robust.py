@@ -3,6 +3,7 @@ equal to running each attack on the whole set and taking the per-example worst c
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -127,3 +128,34 @@ def test_targeted_pairs_are_checked():
     with pytest.raises(ValueError, match="mel"):
         parse_pair("melanoma->nv")
     assert parse_pair(" nv -> mel ") == ("nv", "mel")
+
+
+def test_the_test_curve_on_a_fixed_stratified_subset(tiny_trained, tiny_split):
+    """``robust.n_images``: the curve attacks the same stratified images for every model (the
+    ones ``skinadv verify`` picks), says so on each point, and the report says so too."""
+    from skinadv.config import load_preset
+    from skinadv.evaluation.subset import stratified_indices
+    from skinadv.experiment import robust_spec, robustness_curve
+    from skinadv.report.render import curve_subset_note
+    from skinadv.report.text import curve_images
+    from skinadv.results import ModelResult, RobustPoint
+
+    cfg = load_preset("quick").model_copy(deep=True)
+    cfg.robust.eps, cfg.robust.attacks = [2 / 255], ["fgsm", "pgd"]
+    test = tiny_split[1]
+    model = tiny_trained.model
+    (sub,) = robustness_curve(cfg, model, test, n_images=150)
+    assert sub.n_images == 150
+    x, y = test.to_float()
+    idx = stratified_indices(y, 150, seed=0)
+    (direct,) = robust_curve(
+        model, x[idx], y[idx], [2 / 255], lambda a, e: robust_spec(cfg, a, e), ("fgsm", "pgd")
+    )
+    assert sub.accuracy == direct.accuracy  # the same images, the same seed
+    (whole,) = robustness_curve(cfg, model, test)
+    assert whole.n_images is None
+    assert RobustPoint.from_dict(sub.to_dict()) == sub
+    r = ModelResult(cell="vanilla", seed=0, transfer=None, whitebox=None, curve=(sub,))
+    assert curve_images([r]) == "150 test images"
+    assert "150 test images" in curve_subset_note([r])
+    assert curve_subset_note([dataclasses.replace(r, curve=(whole,))]) == ""
