@@ -22,13 +22,14 @@ from torch import nn
 
 from skinadv.data.dataset import CLASSES
 from skinadv.models.cnn import PaperCNN, paper_cnn
+from skinadv.models.resnet import ResNet18, resnet18
 
 log = logging.getLogger(__name__)
 
 ModelFactory = Callable[..., nn.Module]
 
 #: name -> factory(*, num_classes, **kw). Add a model by adding an entry.
-MODELS: dict[str, ModelFactory] = {"paper_cnn": paper_cnn}
+MODELS: dict[str, ModelFactory] = {"paper_cnn": paper_cnn, "resnet18": resnet18}
 
 #: Version of the checkpoint JSON layout.
 CHECKPOINT_FORMAT = 1
@@ -179,9 +180,11 @@ __all__ = [
     "MODELS",
     "ModelFactory",
     "PaperCNN",
+    "ResNet18",
     "create_model",
     "load_model",
     "paper_cnn",
     "read_model_config",
+    "resnet18",
     "save_model",
 ]

@@ -138,3 +138,31 @@ def test_save_needs_a_name_and_json(tmp_path):
     with pytest.raises(ValueError, match="not JSON-serialisable"):
         save_model(create_model("paper_cnn", width=4), tmp_path / "q.pt", {"bad": object()})
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_resnet18_for_small_images_is_medmnists(tmp_path):
+    """ResNet-18 with a 3x3 stem and no max-pool: 11.2 M parameters at width 64 (as
+    torchvision's ResNet-18 less its 7x7 stem and 1000-class head), logits at 28 and 64,
+    about 0.46 G multiply-adds forward at 28, saved and loaded like the paper CNN."""
+    import torch
+
+    from skinadv.bench.flops import training_flops_per_image
+    from skinadv.models import create_model, load_model, save_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", width=64).eval()
+    n = sum(p.numel() for p in model.parameters())
+    assert 11.1e6 < n < 11.3e6
+    for size in (28, 64):
+        assert model(torch.rand(2, 3, size, size)).shape == (2, 7)
+    small = create_model("resnet18", width=8, dropout=0.1).eval()
+    # training FLOPs (forward + backward = 3x forward, 2 per multiply-add) over width 64's
+    flops = training_flops_per_image(model, (3, 28, 28), batch=1) / 6
+    assert 0.4e9 < flops < 0.5e9
+    path = save_model(small, tmp_path / "r.pt")
+    loaded, meta = load_model(path)
+    assert meta["name"] == "resnet18"
+    x = torch.rand(3, 3, 28, 28)
+    assert torch.equal(loaded(x), small(x))
+    with pytest.raises(ValueError, match="width"):
+        create_model("resnet18", width=0)
