@@ -28,6 +28,7 @@ from skinadv.commands import (
     PresetOpt,
     SetOpt,
     console,
+    model_sources,
     print_json,
     stdout_console,
     user_errors,
@@ -59,7 +60,39 @@ app = typer.Typer(
     help="Train, attack and evaluate skin-lesion classifiers (paper protocol).",
 )
 
-ModelOpt = Annotated[Path, typer.Option("--model", help="A model written by 'train'.")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="A classifier of (N, 3, H, W) pixels in [0, 1] -> logits over 7 classes: a model "
+        "written by 'train', a TorchScript file, a torch.export program (.pt2), "
+        "package.module:factory with --weights, or an MLflow models:/NAME@ALIAS, "
+        "models:/NAME/VERSION or runs:/RUN_ID/PATH.",
+    ),
+]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--weights", help="State dict for a package.module:factory --model (file or MLflow URI)."
+    ),
+]
+ClassesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--classes",
+        help="The model's output order, e.g. akiec,bcc,bkl,df,nv,vasc,mel or hmnist "
+        "(default: akiec,bcc,bkl,df,mel,nv,vasc, = dermamnist).",
+    ),
+]
+NormalizeOpt = Annotated[
+    tuple[str, str] | None,
+    typer.Option(
+        "--normalize",
+        metavar="MEAN STD",
+        help="The model expects (x - MEAN) / STD: 3 comma-separated values each, or 1; "
+        "attacks stay in [0, 1] pixels.",
+    ),
+]
 
 
 def _config(
@@ -92,6 +125,15 @@ def _metrics_table(title: str, rows: list[tuple[str, Mapping[str, Any]]]) -> Tab
 
 def _short(m: dict[str, Any]) -> dict[str, Any]:
     return {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "recall")}
+
+
+def _check_data(
+    meta: Mapping[str, Any], cfg: ExperimentConfig, prep: PreparedData, what: str
+) -> None:
+    """A skinadv model's split and data must be these (``check_model_data``); a foreign
+    model records neither, so only its input size was checked (``model_sources.check``)."""
+    if meta.get("source") == "skinadv":
+        exp.check_model_data(meta, cfg, prep.fingerprint, what)
 
 
 def _warn_synthetic(prep: PreparedData) -> None:
@@ -233,6 +275,9 @@ def attack(
     ] = None,
     preset: PresetOpt = "quick",
     set_: SetOpt = None,
+    weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    normalize: NormalizeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Attack a model on its test split and score it (white-box)."""
@@ -241,7 +286,7 @@ def attack(
             raise ValueError(f"unknown attack {attack_name!r}; choose one of {', '.join(ATTACKS)}")
         if out is not None and out.suffix != ".npz":
             raise ValueError(f"--out {out}: adversarial images are written as a .npz file")
-        net, meta = load_model(model)
+        net, meta = model_sources.load(model, weights=weights, classes=classes, normalize=normalize)
         cfg = _config(preset, set_, data, meta.get("data"))
         kwargs = cfg.attack.kwargs(attack_name)
         for flag, value in (("eps", eps), ("alpha", alpha), ("steps", steps)):
@@ -253,8 +298,9 @@ def attack(
         # check the settings before any work (the attack's own validation)
         cfg.attack.model_validate({**cfg.attack.model_dump(), attack_name: kwargs})
         net.to(select_device(cfg.train.device))
+        model_sources.check(net, meta, cfg.data.size, f"--model {model}")
         prep = prepare_data(cfg.data)
-        exp.check_model_data(meta, cfg, prep.fingerprint, f"--model {model}")
+        _check_data(meta, cfg, prep, f"--model {model}")
         xt, yt = prep.test.to_float()
         seed = int(meta.get("seed", cfg.train.seed))  # the model's: it seeds the attacks
         batch = cfg.attack.batch_size
@@ -279,6 +325,7 @@ def attack(
             atomic_write_npz(out, **arrays)
     payload = {
         "model": str(model),
+        "model_source": meta["source"],
         "config_hash": meta.get("config_hash"),
         "attack": spec,
         "seed": seed,
@@ -316,6 +363,9 @@ def evaluate(
     ] = None,
     preset: PresetOpt = "quick",
     set_: SetOpt = None,
+    weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    normalize: NormalizeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Score a model on clean, FGSM and PGD test sets under the transfer / white-box protocols.
@@ -327,12 +377,13 @@ def evaluate(
         protocols = PROTOCOLS if protocol == "both" else (protocol,)
         if protocol != "both" and protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; choose transfer, whitebox or both")
-        net, meta = load_model(model)
+        net, meta = model_sources.load(model, weights=weights, classes=classes, normalize=normalize)
         cfg = _config(preset, set_, data, meta.get("data"))
         device = select_device(cfg.train.device)
         net.to(device)
+        model_sources.check(net, meta, cfg.data.size, f"--model {model}")
         prep = prepare_data(cfg.data)
-        exp.check_model_data(meta, cfg, prep.fingerprint, f"--model {model}")
+        _check_data(meta, cfg, prep, f"--model {model}")
         method, fraction = exp.model_cell(meta)
         seed = int(meta.get("seed", cfg.train.seed))  # the model's: it seeds the attacks
         source, source_path, source_seed = net, model, seed
@@ -369,6 +420,7 @@ def evaluate(
         payload["evaluation"] = {p: ev.to_dict() for p, ev in evals.items()}
     payload |= {
         "model": str(model),
+        "model_source": meta["source"],
         "config_hash": meta.get("config_hash"),
         "source_model": str(source_path),
         "n_test": len(prep.test),
@@ -390,7 +442,7 @@ def evaluate(
     rows = [("clean", first.metrics["clean"])]
     rows += [(f"{p} / {a}", ev.metrics[a]) for p, ev in evals.items() for a in ev.attack_names]
     title = (
-        f"{model.name}: {payload['cell']} (seed {seed}, config {meta.get('config_hash')}) on "
+        f"{Path(model).name}: {payload['cell']} (seed {seed}, config {meta.get('config_hash')}) on "
         f"{len(prep.test)} test images (transfer source: {Path(source_path).name})"
     )
     stdout_console.print(_metrics_table(title, rows))
