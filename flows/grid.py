@@ -31,6 +31,7 @@ from skinadv.config import ExperimentConfig, grid_config
 from skinadv.data.io import atomic_write_bytes
 from skinadv.data.sources import absolute_spec
 from skinadv.evaluation.checks import Check
+from skinadv.report.markup import cells_as_code
 from skinadv.results import ModelResult
 from skinadv.stack import worker_env
 from skinadv.training import composes_mix
@@ -210,7 +211,9 @@ def publish(models: list[TrainedModel], files: dict[str, str], grid: GridRun) ->
         f"| {m.label} | {'reused' if m.reused else 'trained'} | {m.result.run_id} |" for m in models
     )
     create_markdown_artifact(
-        markdown=f"{md}\n\n### Models\n\n| model | | MLflow run |\n|---|---|---|\n{rows}\n",
+        markdown=cells_as_code(
+            f"{md}\n\n### Models\n\n| model | | MLflow run |\n|---|---|---|\n{rows}\n"
+        ),
         key="skinadv-grid-report",
         description="skinadv grid: result tables and sanity checks",
     )

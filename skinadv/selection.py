@@ -123,7 +123,11 @@ def champion_card(r: ModelResult, *, experiment: str) -> tuple[str, dict[str, st
     key = robust_column(list(val)) or ""
     at = "–" if r.val_robust is None else eps_text(r.val_robust.eps)
     flat = r.flat_metrics()
-    tested = ", ".join(eps_text(p.eps) for p in r.curve)
+    # every white-box budget it was scored at: the robust curve's and the paper's attacks'
+    paper = [r.whitebox.eps(a) for a in ("fgsm", "pgd")] if r.whitebox is not None else []
+    tested = ", ".join(
+        eps_text(e) for e in sorted({p.eps for p in r.curve} | {e for e in paper if e})
+    )
     lines = [
         f"{r.cell}, seed {r.seed}, from experiment {experiment!r}: of every {r.method} model "
         f"trained, the most robust on the validation split (white-box PGD at eps {at}: "

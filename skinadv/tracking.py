@@ -148,8 +148,10 @@ def log_artifact_files(
 
 
 def finish_run(run_id: str, *, complete: bool = True, status: str = "FINISHED") -> None:
+    """End a run; a complete one gets the tags that say so (``skinadv.stage: done``)."""
     c = client()
     if complete:
+        c.set_tag(run_id, TAG_STAGE, "done")
         c.set_tag(run_id, TAG_COMPLETE, "true")
     c.set_terminated(run_id, status)
 

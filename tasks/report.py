@@ -15,6 +15,7 @@ from skinadv import selection, tracking
 from skinadv.config import ExperimentConfig
 from skinadv.evaluation.checks import Check, sanity_checks
 from skinadv.models import load_model
+from skinadv.report.page import report_title
 from skinadv.results import ModelResult
 from tasks import store
 from tasks.refs import DataRef, GridRun, TrainedModel
@@ -81,7 +82,7 @@ def gather(
     checks = sanity_checks(results, sweeps)
     report = build_report(
         results,
-        title=f"skinadv grid: {grid.experiment}",
+        title=report_title(grid.experiment, cfg.name),
         context=context,
         champions=register_champions(grid.experiment, results),
         checks=checks,

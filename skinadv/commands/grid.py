@@ -378,6 +378,7 @@ def report(
             from skinadv import tracking
             from skinadv.evaluation.checks import sanity_checks
             from skinadv.report import build_report, save_report
+            from skinadv.report.page import report_title
 
             try:
                 if parent_run is None:
@@ -394,7 +395,7 @@ def report(
                 raise fail(str(exc)) from None
             rep = build_report(
                 results,
-                title=f"skinadv grid: {experiment}",
+                title=report_title(experiment, parent.data.params.get("preset")),
                 context={
                     "experiment": experiment,
                     "parent run": parent.info.run_id,

@@ -27,6 +27,17 @@ _GROUP_KIND.update(
 )
 
 
+#: A bare model name such as ``pgd@0.8`` or ``pgd-at@2_255``, not already in a code span:
+#: Markdown renderers that autolink (Prefect's UI) read it as an e-mail address.
+_BARE_CELL = re.compile(r"(?<![`\w@.])([A-Za-z][\w-]*@\d[\w.-]*\w)(?![`\w@])")
+
+
+def cells_as_code(markdown: str) -> str:
+    """Wrap every bare ``name@number`` in backticks, leaving code spans as they are."""
+    parts = re.split(r"(`[^`]*`)", markdown)
+    return "".join(p if p.startswith("`") else _BARE_CELL.sub(r"`\1`", p) for p in parts)
+
+
 def _numeric(col: str) -> bool:
     return col not in ("method", "protocol", "cell", "precision")
 

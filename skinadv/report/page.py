@@ -42,6 +42,12 @@ class Report:
         return "", self.headline
 
 
+def report_title(experiment: str, preset: str | None = None) -> str:
+    """``skinadv: the rigorous grid (experiment skinadv-grid)``."""
+    what = f"the {preset} grid" if preset else "a grid"
+    return f"skinadv: {what} (experiment {experiment})"
+
+
 PROTOCOLS_TEXT = (
     (
         "Transfer",

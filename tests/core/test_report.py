@@ -498,3 +498,21 @@ def test_training_cost_is_kept_in_its_own_units():
     row = rep.tables["defences_on_the_fly"].set_index("cell").loc["pgd-at@2_255"]
     assert row["train_seconds"] == pytest.approx(40.5) and row["train_grad_evals"] == 6e5
     assert "600,000" in to_markdown(rep)
+
+
+def test_the_prefect_markdown_has_no_bare_cell_name():
+    """Prefect's UI autolinks ``mix@0.6`` as an e-mail address: the artifact's Markdown
+    (the report's, plus the models table) has every ``name@number`` in a code span."""
+    import re
+
+    from skinadv.report.markup import cells_as_code
+
+    md = to_markdown(report(grid_results(seed=0) + grid_results(seed=1)))
+    assert re.search(r"(?<![`\w])[a-z][\w-]*@\d", md)  # the report names cells bare
+    out = cells_as_code(md + "\n| pgd-at@2_255 s0 | mix@0.6-s1 | `pgd@0.8` |\n")
+    bare = [m for m in re.finditer(r"[A-Za-z][\w-]*@\d[\w.-]*", out)]
+    assert bare
+    for m in bare:
+        assert out[m.start() - 1] == "`" and out[m.end()] == "`", out[m.start() - 20 : m.end() + 5]
+    assert "``" not in out.replace("```", "")  # nothing wrapped twice
+    assert cells_as_code("write to a@b.org or see `fgsm@0.2`") == "write to a@b.org or see `fgsm@0.2`"
