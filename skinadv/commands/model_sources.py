@@ -61,13 +61,18 @@ def download(uri: str, dst: str | Path) -> Path:
     """The artifact (file or folder) ``uri`` names, downloaded into ``dst``.
 
     Raises:
-        ValueError: a malformed URI, or no such model, version, alias, run or path (one
-            line, naming the tracking server).
+        ValueError: a malformed URI, no ``MLFLOW_TRACKING_URI``, or no such model, version,
+            alias, run or path (one line, naming the tracking server).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
     parse_mlflow_uri(uri)
+    if not os.environ.get("MLFLOW_TRACKING_URI"):  # mlflow would make ./mlflow.db and miss
+        raise ValueError(
+            f"{uri}: set MLFLOW_TRACKING_URI to the MLflow that holds it (a grid's own "
+            "is served by 'skinadv up --run-dir RUN_DIR')"
+        )
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except MlflowException as exc:

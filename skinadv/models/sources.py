@@ -226,7 +226,8 @@ def load_classifier(
 
     Args:
         spec: the model (see the module docstring).
-        weights: a state dict for a ``package.module:factory`` spec (and only for one).
+        weights: a state dict for a ``package.module:factory`` spec (and only for one), or a
+            folder holding one.
         device: where to put the model (default CPU).
 
     Returns:
@@ -265,7 +266,8 @@ def load_classifier(
         if weights is None:
             raise ValueError(f"{text}: a factory needs --weights (a state dict file)")
         model = _factory(text)
-        _load_weights(model, Path(weights), text)
+        wpath = Path(weights)
+        _load_weights(model, _one_file(wpath) if wpath.is_dir() else wpath, text)
         meta["weights"] = os.fspath(weights)
     elif kind == "torchscript":
         model = _load_torchscript(path)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skinadv.attacks import craft
-from skinadv.commands.model_sources import parse_mlflow_uri
+from skinadv.commands.model_sources import download, parse_mlflow_uri
 from skinadv.data import CLASSES, HMNIST_CLASSES
 from skinadv.models import create_model, save_model
 from skinadv.models.adapters import ClassOrder, Normalize, adapt, parse_classes, parse_normalize
@@ -154,6 +154,15 @@ def test_refusals(saved, name, kw, message):
     with pytest.raises(ValueError, match=message) as err:
         load_classifier(d / name, **kw)
     assert "\n" not in str(err.value)
+
+
+def test_factory_weights(saved, tmp_path):
+    d, net = saved
+    (tmp_path / "w").mkdir()  # an MLflow weights/ folder, downloaded
+    (tmp_path / "w" / "state.pt").write_bytes((d / "state.pt").read_bytes())
+    model, meta = load_classifier(f"{FACTORY_MODULE}:make", weights=tmp_path / "w")
+    x = torch.rand(3, 3, 28, 28)
+    assert torch.equal(model(x), net(x)) and meta["source"] == "factory"
 
 
 def test_factory_errors(saved, tmp_path):
@@ -299,6 +308,15 @@ def test_parse_normalize_errors(mean, std, message):
 def test_parse_classes_errors():
     with pytest.raises(ValueError, match="unknown melanoma; repeated nv; missing mel, vasc"):
         parse_classes("akiec,bcc,bkl,df,melanoma,nv,nv")
+
+
+def test_mlflow_uri_needs_a_tracking_uri(monkeypatch, tmp_path):
+    """Without MLFLOW_TRACKING_URI, mlflow would open (and create) ./mlflow.db: refused."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="set MLFLOW_TRACKING_URI"):
+        download("models:/m@champion", tmp_path / "dl")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_mlflow_uris_parse():
