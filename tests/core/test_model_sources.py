@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skinadv.attacks import craft
-from skinadv.commands.model_sources import download, parse_mlflow_uri
+from skinadv.commands.model_sources import check, download, parse_mlflow_uri
 from skinadv.data import CLASSES, HMNIST_CLASSES
 from skinadv.models import create_model, save_model
 from skinadv.models.adapters import ClassOrder, Normalize, adapt, parse_classes, parse_normalize
@@ -308,6 +308,24 @@ def test_parse_normalize_errors(mean, std, message):
 def test_parse_classes_errors():
     with pytest.raises(ValueError, match="unknown melanoma; repeated nv; missing mel, vasc"):
         parse_classes("akiec,bcc,bkl,df,melanoma,nv,nv")
+
+
+def test_exported_sizes_are_checked_against_the_data(saved, tmp_path):
+    """An exported program says its input size: a fixed batch, or images of another size
+    than the data's, get one line before any data is read."""
+    d, _ = saved
+    net, meta = load_classifier(d / "static.pt2")
+    assert meta["input_shape"] == [2, 3, 28, 28]
+    with pytest.raises(ValueError, match="exported for batches of exactly 2 images"):
+        check(net, meta, 28, "--model static.pt2")
+    big = nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 7))
+    dyn = ({0: torch.export.Dim("batch")},)
+    program = torch.export.export(big.eval(), (torch.rand(2, 3, 32, 32),), dynamic_shapes=dyn)
+    torch.export.save(program, tmp_path / "big.pt2")
+    net, meta = load_classifier(tmp_path / "big.pt2")
+    with pytest.raises(ValueError, match="takes 32x32 images, but the data is 28x28"):
+        check(net, meta, 28, "--model big.pt2")
+    check(net, meta, 32, "--model big.pt2")
 
 
 def test_mlflow_uri_needs_a_tracking_uri(monkeypatch, tmp_path):
