@@ -101,6 +101,7 @@ class GridOutcome:
     reused: list[str]
     checks: list[Check] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    flow_run_id: str = ""
 
 
 class GridFailed(RuntimeError):
@@ -162,6 +163,7 @@ def grid_flow(params: GridParams = GridParams()) -> GridOutcome:  # noqa: B008
         reused=[m.label for m in done if m.reused],
         checks=checks,
         files=files,
+        flow_run_id=str(runtime.flow_run.id or ""),
     )
 
 

@@ -305,6 +305,15 @@ def run_url(run_id: str) -> str:
     return f"{uri}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
 
 
+def runs_view_url(experiment_id: str) -> str | None:
+    """The experiment's runs table in the MLflow UI in its "Model training" view (MLflow 3
+    opens an experiment in its GenAI view, which shows no runs); None without a server."""
+    uri = tracking_uri().rstrip("/")
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{uri}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
     c = client()
     for k, v in tags.items():

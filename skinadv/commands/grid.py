@@ -161,7 +161,7 @@ def _logs_to_file(path: Path) -> None:
     logging.captureWarnings(True)
 
 
-def _print_outcome(outcome, seconds: float) -> None:
+def _print_outcome(outcome, seconds: float, links: list[str] = ()) -> None:
     from skinadv.report import results_table
 
     console.print(results_table(outcome.results))
@@ -180,6 +180,32 @@ def _print_outcome(outcome, seconds: float) -> None:
         f"{len(outcome.reused)} reused; report: {outcome.out_dir}/report.html",
         soft_wrap=True,
     )
+    for line in links:
+        console.print(line, soft_wrap=True, highlight=False)
+
+
+def _links(outcome, run_dir: Path, started: bool) -> list[str]:
+    """Deep links into the MLflow and Prefect UIs, read while the services are still up;
+    services the grid started come back on the same ports with ``skinadv up --run-dir``."""
+    from skinadv import tracking
+
+    out = []
+    try:
+        run = tracking.client().get_run(outcome.parent_run_id)
+        view = tracking.runs_view_url(run.info.experiment_id)
+        if view:
+            out += [
+                f"MLflow runs: {view}",
+                f"MLflow parent run: {tracking.run_url(run.info.run_id)}",
+            ]
+    except Exception:  # noqa: BLE001 - links are a convenience
+        pass
+    api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    if api.endswith("/api") and outcome.flow_run_id:
+        out.append(f"Prefect flow run: {api[: -len('/api')]}/runs/flow-run/{outcome.flow_run_id}")
+    if started:
+        out.append(f"browse again: skinadv up --run-dir {run_dir}")
+    return out
 
 
 @app.command("grid")
@@ -286,6 +312,8 @@ def grid(
                     outcome = grid_flow.with_options(task_runner=runner, flow_run_name=name)(
                         GridParams(**params)
                     )
+                started = any(svc.started for svc in stack.services.values())
+                links = _links(outcome, run_dir, started)
             except KeyboardInterrupt:
                 with no_interrupts():  # a second Ctrl-C must not cut the clean-up short
                     _end_interrupted(stack, experiment)
@@ -342,7 +370,7 @@ def grid(
             )
         )
         return
-    _print_outcome(outcome, seconds)
+    _print_outcome(outcome, seconds, links)
 
 
 @app.command("report")

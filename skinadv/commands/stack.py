@@ -66,6 +66,8 @@ def up(
                     f"{stack.run_dir / 'mlflow-auth.ini'}",
                     soft_wrap=True,
                 )
+            for line in _experiment_links():
+                console.print(line, soft_wrap=True, highlight=False)
             console.print(f"logs in {stack.run_dir / 'logs'}; press Ctrl-C to stop")
             while True:
                 time.sleep(1)
@@ -84,3 +86,26 @@ def up(
     except KeyboardInterrupt:
         pass  # the with block has stopped the services already
     console.print("services stopped")
+
+
+def _experiment_links() -> list[str]:
+    """Each experiment's runs table in the MLflow UI's "Model training" view, and its newest
+    grid's parent run (the links the grid printed, when it ran on this run folder)."""
+    from skinadv import tracking
+
+    out = []
+    try:
+        for e in tracking.client().search_experiments():
+            view = tracking.runs_view_url(e.experiment_id)
+            try:
+                parent = tracking.latest_parent(e.name)
+            except ValueError:  # no finished grid in it
+                continue
+            if view:
+                out.append(f"MLflow runs of {e.name}: {view}")
+                out.append(
+                    f"  its newest grid's parent run: {tracking.run_url(parent.info.run_id)}"
+                )
+    except Exception:  # noqa: BLE001 - links are a convenience, never a reason to stop
+        return out
+    return out

@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -30,6 +31,34 @@ DEFAULT_TIMEOUT_S = 240.0  # mlflow 52 s, prefect 86 s measured on 2 busy cores
 STOP_GRACE_S = 15.0
 # one module per service, in start order; each has PORTS, found(), planned(), command()
 _MODULES = {"mlflow": mlflow_server, "prefect": prefect_server, "ray": ray_head}
+
+
+#: The ports this run folder's started services had, so that a restart can take them again.
+PORTS_FILE = "ports.json"
+
+
+def _read_ports(path: Path) -> dict[str, tuple[int, ...]]:
+    """``ports.json`` as ``{service: ports}``; empty when missing or not what it should be."""
+    import json
+
+    try:
+        raw = json.loads(path.read_text())
+        return {
+            str(k): tuple(int(p) for p in v)
+            for k, v in raw.items()
+            if k in _MODULES and isinstance(v, list) and all(isinstance(p, int) for p in v)
+        }
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def _write_ports(path: Path, ports: Mapping[str, tuple[int, ...]]) -> None:
+    import json
+
+    from skinadv.data.io import atomic_write_bytes
+
+    with contextlib.suppress(OSError):  # a convenience: never fail a start over it
+        atomic_write_bytes(path, json.dumps({k: list(v) for k, v in ports.items()}).encode())
 
 
 class Stack:
@@ -303,12 +332,29 @@ class Stack:
     # -- starting ---------------------------------------------------------------------
 
     def _plan(self, names: list[str]) -> None:
+        """Ports for the services to start: the ones this run folder's services had last
+        time (``ports.json``) where they are all still free, so that links to the MLflow
+        and Prefect UIs (in the Prefect artifact, the console, a bookmark) work again after
+        ``skinadv up --run-dir`` restarts them; fresh free ports otherwise."""
         logs = self.run_dir / "logs"
         names = [n for n in SERVICES if n in names]  # ports handed out in a fixed order
-        ports = iter(process.free_ports(sum(_MODULES[n].PORTS for n in names)))
+        remembered = _read_ports(self.run_dir / PORTS_FILE)
+        kept: dict[str, tuple[int, ...]] = {}
         for name in names:
-            own = tuple(next(ports) for _ in range(_MODULES[name].PORTS))
+            old = remembered.get(name, ())
+            taken = {p for ports in kept.values() for p in ports}
+            if len(old) == _MODULES[name].PORTS and not taken & set(old):
+                if all(process.port_free(p) for p in old):
+                    kept[name] = old
+        need = sum(_MODULES[n].PORTS for n in names if n not in kept)
+        reserved = {p for ports in kept.values() for p in ports}
+        fresh = iter([p for p in process.free_ports(need + len(reserved)) if p not in reserved])
+        chosen = {}
+        for name in names:
+            own = kept.get(name) or tuple(next(fresh) for _ in range(_MODULES[name].PORTS))
+            chosen[name] = own
             self.services[name] = _MODULES[name].planned(own, logs)
+        _write_ports(self.run_dir / PORTS_FILE, {**remembered, **chosen})
 
     def _launch(self, svc: Service) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ENV_VARS.values()}

@@ -61,6 +61,18 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def port_free(port: int) -> bool:
+    """True when ``port`` can be bound on 127.0.0.1 now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as the servers bind: a port whose last connections linger in TIME_WAIT is free
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
 def healthy(url: str, timeout_s: float = 2.0) -> bool:
     """True when ``url`` answers 2xx (directly, never through a proxy)."""
     try:
