@@ -88,3 +88,19 @@ def test_without_a_validation_split_nothing_is_chosen():
     frame = results_frame(results)
     assert selection.best(frame, "paper") is None and selection.champions(results) == {}
     assert table2(frame).empty
+
+
+def test_the_champion_comes_from_the_most_robust_cell():
+    """One notion of "most robust": the cell with the best validation mean over seeds (what
+    the verdict names), then its best seed; not a lucky seed of a weaker cell."""
+
+    def model(cell: str, seed: int, v: float) -> ModelResult:
+        r = result("pgd-at", 1.0, seed, val=(0.5, 0.5, 0.5, v))
+        return dataclasses.replace(r, cell=cell, fraction=None)
+
+    strong = [model("pgd-at@2_255", s, v) for s, v in enumerate((0.40, 0.41, 0.42))]
+    lucky = [model("pgd-at@8_255", s, v) for s, v in enumerate((0.10, 0.50, 0.10))]
+    champ = selection.champions(strong + lucky)["pgd-at"]
+    assert (champ.cell, champ.seed) == ("pgd-at@2_255", 2)
+    frame = results_frame(strong + lucky)
+    assert selection.best(frame, "robust") == champ.cell
