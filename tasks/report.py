@@ -1,9 +1,9 @@
 """The grid's last task: gather every model's result into the report, register each
-method's champion in the MLflow Model Registry, log the report on the parent run."""
+method's champion in the MLflow Model Registry, log the report on the parent run and give
+that run its description, key figures and cell list (``skinadv.tracking_ui``)."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from typing import Any
 
@@ -11,9 +11,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from skinadv import experiment as exp
-from skinadv import selection, tracking
+from skinadv import selection, tracking, tracking_ui
 from skinadv.config import ExperimentConfig
 from skinadv.evaluation.checks import Check, sanity_checks
+from skinadv.key_figures import key_figures
+from skinadv.evaluation.scale import eps_scale_images
 from skinadv.models import load_model
 from skinadv.report.page import report_title
 from skinadv.results import ModelResult
@@ -66,7 +68,7 @@ def gather(
         (m for m in models if m.result.is_vanilla),
         key=lambda m: m.result.seed != cfg.seeds[0],  # the first seed's has the sweeps
     )
-    sweeps, examples = None, []
+    sweeps, examples, eps_scale = None, [], []
     for m in vanillas:
         _, sweeps = tracking.load_result(m.run_id)
         if sweeps:
@@ -77,6 +79,7 @@ def gather(
         test = data.load("test")
         sets = store.transfer_sets(vanilla.run_id)
         examples = exp.pick_examples(model, test, sets)
+        eps_scale = eps_scale_images(model, *test.to_float(), (2 / 255, 8 / 255, 0.3))
         if not sweeps:  # the first seed's vanilla reused from a grid that ran other seeds
             sweeps = exp.sanity_sweeps(cfg, model, test, seed=vanilla.result.seed)
     checks = sanity_checks(results, sweeps)
@@ -88,11 +91,19 @@ def gather(
         checks=checks,
         examples=examples,
         sweeps=sweeps,
+        eps_scale=eps_scale,
     )
     with tempfile.TemporaryDirectory(prefix="report-", dir=store.node_dir()) as tmp:
         written = save_report(report, tmp)
         tracking.log_artifact_files(grid.parent_run_id, list(written.values()), "report")
         files = {name: path.read_bytes() for name, path in written.items()}
     cells = {r.key: r.run_id for r in results}
-    tracking.set_tags(grid.parent_run_id, {tracking.TAG_CELLS: json.dumps(cells)})
+    tracking_ui.describe_parent(
+        grid.parent_run_id,
+        title=report.title,
+        # the plain opening sentences where the report has them, then its headline
+        lead="\n\n".join([" ".join(getattr(report, "glance", None) or []), report.headline]),
+        figures=key_figures(results),
+        cells=cells,
+    )
     return checks, files

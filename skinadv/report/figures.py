@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from skinadv.report.frame import HIGH, LOW
+from skinadv.report.glance import in_255ths
 from skinadv.report.tables import ATTACKS, PAPER_BEST, eps_text, grid_table
 from skinadv.results import metric_key
 
@@ -186,6 +187,19 @@ def examples_figure(examples: Sequence[Example]) -> plt.Figure:
         row[2].set_title(f"adversarial\n→ {ex.adv_pred} {ex.adv_prob:.1%}", fontsize=8)
         for ax in row:
             ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def eps_scale_figure(images: Sequence[tuple[float, np.ndarray, str]]) -> plt.Figure:
+    """One image, clean and attacked at each budget, titled with the budget in 255ths and
+    the model's answer: what "eps" means to the eye."""
+    fig, axes = plt.subplots(1, len(images), figsize=(1.9 * len(images), 2.3), squeeze=False)
+    for ax, (eps, img, answer) in zip(axes[0], images, strict=True):
+        ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
+        what = "clean" if eps == 0 else f"eps {in_255ths(eps)}"
+        ax.set_title(f"{what}\nmodel says {answer}", fontsize=8)
+        ax.axis("off")
     fig.tight_layout()
     return fig
 

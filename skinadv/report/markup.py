@@ -15,7 +15,7 @@ import pandas as pd
 
 from skinadv.report.figures import fig_png
 from skinadv.report.frame import HIGH, LOW
-from skinadv.report.page import PROTOCOLS_TEXT, Report, sections
+from skinadv.report.page import CAPTIONS, PROTOCOLS_TEXT, Report, sections
 from skinadv.report.tables import GROUPS, column_label, format_value
 
 if TYPE_CHECKING:
@@ -85,6 +85,12 @@ def to_markdown(report: Report) -> str:
     parts = [f"# {report.title}", ""]
     if report.context:
         parts += [" · ".join(f"{k}: {v}" for k, v in report.context.items()), ""]
+    if report.glance:
+        parts += ["## At a glance", "", " ".join(report.glance), ""]
+    if "at_a_glance" in report.tables:
+        parts += _md_table(report, "at_a_glance")
+    if "eps_scale" in report.figures:
+        parts += [f"*{CAPTIONS['eps_scale']}*", "", "![eps_scale](eps_scale.png)", ""]
     bold, rest = report.lead()
     parts += [(f"**{bold}**" if bold else "") + rest, ""]
     parts += [f"- **{term}**: {text}" for term, text in PROTOCOLS_TEXT] + [""]
@@ -143,6 +149,8 @@ table.checks td.cells{font-size:12px;color:#444;width:30%}
 .sweeps{display:flex;gap:28px;flex-wrap:wrap;align-items:flex-start}
 tr.sep td{border-top:2px solid #8c959f}
 img.figure{max-width:100%;display:block}
+img.scale{max-width:560px;display:block}
+.glance{font-size:17px;margin:0 0 8px}
 .scroll{overflow-x:auto}
 .pm{color:#59636e;font-size:11px}.nw{white-space:nowrap}
 .tnote{color:#59636e;font-size:12.5px;font-style:italic;margin:-4px 0 8px}
@@ -233,6 +241,15 @@ def to_html(report: Report) -> str:
     if report.context:
         meta = " · ".join(f"<b>{esc(k)}</b> {esc(v)}" for k, v in report.context.items())
         out.append(f"<p class='meta'>{meta}</p>")
+    if report.glance:
+        out.append("<h2>At a glance</h2>")
+        out.append(f"<p class='glance'>{_keep_together(esc(' '.join(report.glance)))}</p>")
+    if "at_a_glance" in report.tables:
+        out.append(_html_table(report, "at_a_glance"))
+    if "eps_scale" in report.figures:
+        data = base64.b64encode(fig_png(report.figures["eps_scale"])).decode()
+        out.append(f"<p class='caption'>{esc(CAPTIONS['eps_scale'])}</p>")
+        out.append(f"<img class='scale' alt='eps scale' src='data:image/png;base64,{data}'>")
     bold, rest = (_keep_together(esc(x)) for x in report.lead())
     out.append(f"<p class='lead'>{f'<strong>{bold}</strong>' if bold else ''}{rest}</p>")
     out.append(

@@ -34,6 +34,7 @@ class Report:
     table_notes: dict[str, str] = field(default_factory=dict)
     verdict: str = ""
     table_flags: dict[str, list[str]] = field(default_factory=dict)
+    glance: list[str] = field(default_factory=list)
 
     def lead(self) -> tuple[str, str]:
         """The headline as (verdict, the rest)."""
@@ -89,6 +90,9 @@ CAPTIONS = {
     "AutoAttack more than 1 point below the ensemble means our figure overstates "
     "robustness; images that only Square (a gradient-free attack) fools are a sign of "
     "gradient masking. Both are listed under the table when they occur.",
+    "eps_scale": "What a budget does to an image: one test image, clean and attacked "
+    "(white-box PGD against the vanilla model) at each eps, in 255ths of the pixel range, "
+    "with the model's answer. 2/255 is invisible; the paper's 0.3 is 77/255.",
     "table2_best_split": "Per method, the fraction with the highest mean of clean, transfer "
     "FGSM and transfer PGD accuracy (the paper's rule) on the validation split held out from "
     "the training side, then its test figures, white-box beside transfer, and the paper's "

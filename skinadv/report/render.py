@@ -22,6 +22,7 @@ from skinadv.report.cost import cost_note, cost_table
 from skinadv.report.figures import (
     Example,
     curve_figure,
+    eps_scale_figure,
     examples_figure,
     fig_png,
     fraction_figure,
@@ -33,6 +34,7 @@ from skinadv.report.frame import (
     curve_frame,
     results_frame,
 )
+from skinadv.report.glance import glance_sentences, glance_table
 from skinadv.report.markup import to_html, to_markdown
 from skinadv.report.page import Report
 from skinadv.report.paired import paired_note, paired_table
@@ -89,6 +91,7 @@ def build_report(
     examples: Sequence[Example] = (),
     sweeps: Sweeps | None = None,
     champions: Sequence[Mapping[str, Any]] = (),
+    eps_scale: Sequence[tuple[float, Any, str]] = (),
 ) -> Report:
     """Tables, figures and sentences from every model's results.
 
@@ -102,12 +105,15 @@ def build_report(
         sweeps: the sanity sweeps (eps / steps / restarts), shown as small tables.
         champions: one row per method's registered champion (``method``, ``registered``,
             ``cell``, ``seed``, the validation figure it was chosen by).
+        eps_scale: ``eps_scale_images``' output: one image clean and attacked at each eps.
 
     Raises:
         ValueError: no results, or no vanilla model among them.
     """
     frame = results_frame(results)
+    glance = glance_table(frame, results)
     tables = {
+        "at_a_glance": glance,
         "table1_vanilla": table1(frame),
         "paired_differences": paired_table(results),
         "table2_best_split": table2(frame),
@@ -158,6 +164,8 @@ def build_report(
             tables[f"sweep_{param}"] = sweep_table(rows, param)
     if examples:
         figures["adversarial_examples"] = examples_figure(examples)
+    if eps_scale:
+        figures["eps_scale"] = eps_scale_figure(eps_scale)
     return Report(
         title=title,
         headline=headline(frame, results, checks),
@@ -169,6 +177,7 @@ def build_report(
         table_notes=notes,
         table_flags={"autoattack": autoattack_flags(autoattack)} if not autoattack.empty else {},
         verdict=" ".join(verdict(frame, results)),
+        glance=glance_sentences(glance, frame, results),
     )
 
 

@@ -196,6 +196,7 @@ class Label:
 
 
 _PLAIN = {
+    "model": "Model",
     "cell": "Cell",
     "method": "Method",
     "fraction": "Adv. fraction",

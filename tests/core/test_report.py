@@ -245,7 +245,8 @@ def test_no_index_column_and_human_headers(tmp_path):
     save_report(rep, tmp_path)
     parser = _Headers()
     parser.feed((tmp_path / "report.html").read_text())
-    tables = parser.tables
+    glance, *tables = parser.tables  # the first screen's mini-table comes first
+    assert glance["th"][:2] == ["Model", "Cell"] and glance["td"][0] == "no defence"
     t1, paired, t2 = tables[0], tables[1], tables[2]
     assert t1["th"][0] == "Protocol" and t1["td"][0] == "transfer"  # no index before it
     assert "Clean acc. (%)" in t1["th"] and "PGD bal. acc. (%)" in t1["th"]
@@ -262,7 +263,8 @@ def test_no_index_column_and_human_headers(tmp_path):
         assert not any("_" in h for h in t["th"]), t["th"]  # no machine names
     md = (tmp_path / "report.md").read_text().splitlines()
     heads = [a for a, b in itertools.pairwise(md) if a.startswith("| ") and b.startswith("|-")]
-    assert heads[0].startswith("| Protocol | n (seeds) | Clean bal. acc. (%) |")
+    assert heads[0].startswith("| Model | Cell | n (seeds) | Clean bal. acc. (%) |")
+    assert heads[1].startswith("| Protocol | n (seeds) | Clean bal. acc. (%) |")
     assert any("PGD white-box bal. acc. (%)" in h for h in heads)
     assert not any("_" in h for h in heads)
     assert "70.19" in (tmp_path / "report.md").read_text()  # the paper's numbers as quoted
@@ -515,4 +517,6 @@ def test_the_prefect_markdown_has_no_bare_cell_name():
     for m in bare:
         assert out[m.start() - 1] == "`" and out[m.end()] == "`", out[m.start() - 20 : m.end() + 5]
     assert "``" not in out.replace("```", "")  # nothing wrapped twice
-    assert cells_as_code("write to a@b.org or see `fgsm@0.2`") == "write to a@b.org or see `fgsm@0.2`"
+    assert (
+        cells_as_code("write to a@b.org or see `fgsm@0.2`") == "write to a@b.org or see `fgsm@0.2`"
+    )

@@ -1,0 +1,71 @@
+"""The report's first screen: a mini-table of the vanilla model, the most robust static cell
+and the most robust defence (the champions' notion), three plain sentences with the chance
+level, and the eps scale in 255ths, before the long lead paragraph."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from test_report import report, scored  # same folder (pytest prepends it)
+
+from skinadv.report import save_report
+from skinadv.report.glance import CHANCE, glance_table, in_255ths
+from skinadv.report.frame import results_frame
+
+
+def _results():
+    tops = {"vanilla": 0.2, "fgsm@0.2": 0.3, "pgd@0.8": 0.45, "pgd-at@2_255": 0.6}
+    return [scored(c, s, top=t) for c, t in tops.items() for s in range(3)]
+
+
+def test_the_first_screen_holds_the_answer(tmp_path):
+    results = _results()
+    # AutoAttack measured on two seeds of the defence (``skinadv verify``)
+    results = [
+        dataclasses.replace(r, extra={"autoattack_2_255_balanced_accuracy": 0.30 + 0.01 * r.seed})
+        if r.cell == "pgd-at@2_255" and r.seed < 2
+        else r
+        for r in results
+    ]
+    frame = results_frame(results)
+    table = glance_table(frame, results)
+    assert list(table["model"]) == ["no defence", "best static cell", "best defence"]
+    assert list(table["cell"]) == ["vanilla", "pgd@0.8", "pgd-at@2_255"]
+    d = table.set_index("cell").loc["pgd-at@2_255"]
+    assert (
+        d["robust_2_255_balanced_accuracy"]
+        == frame.set_index("cell").loc["pgd-at@2_255", "robust_2_255_balanced_accuracy"]
+    )
+    assert np.isclose(d["autoattack_balanced_accuracy"], 30.5)  # mean over the 2 seeds
+    assert table.set_index("cell")["autoattack_balanced_accuracy"].isna().sum() == 2
+
+    rep = report(
+        results,
+        eps_scale=[(0.0, np.zeros((28, 28, 3)), "mel"), (2 / 255, np.zeros((28, 28, 3)), "nv")],
+    )
+    words = " ".join(rep.glance)
+    assert len(rep.glance) == 3
+    assert f"guessing gets {CHANCE:.1f} %" in words and "2/255" in words
+    assert "The most robust defence, pgd-at@2_255," in words and "under AutoAttack" in words
+    assert "77/255" in words
+    save_report(rep, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert md.index("## At a glance") < md.index("| no defence |") < md.index("## Table 1")
+    assert (tmp_path / "eps_scale.png").is_file()
+    html = (tmp_path / "report.html").read_text()
+    assert html.index("At a glance") < html.index("class='lead'")
+    assert in_255ths(0.3) == "77/255" and in_255ths(2 / 255) == "2/255"
+
+
+def test_eps_scale_images_on_a_real_model(tiny_trained, tiny_test):
+    from skinadv.evaluation.scale import eps_scale_images
+
+    x, y = (t[:100].numpy() for t in tiny_test)
+    images = eps_scale_images(tiny_trained.model, x, y, (2 / 255, 0.3))
+    assert [e for e, _, _ in images] == [0.0, 2 / 255, 0.3]
+    clean = images[0][1]
+    for eps, img, _ in images[1:]:
+        assert img.shape == (28, 28, 3)
+        assert np.abs(img - clean).max() <= eps + 1e-6
+    assert np.abs(images[2][1] - clean).max() > 0.2  # 77/255 is visible
