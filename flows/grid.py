@@ -26,7 +26,7 @@ from prefect_ray.context import remote_options
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from skinadv import experiment as exp
-from skinadv import tracking
+from skinadv import tracking, tracking_ui
 from skinadv.config import ExperimentConfig, grid_config
 from skinadv.data.io import atomic_write_bytes
 from skinadv.data.sources import absolute_spec
@@ -183,6 +183,7 @@ def write_report(report: dict[str, bytes], out_dir: Path) -> dict[str, str]:
 def grid_run(params: GridParams, cfg: ExperimentConfig) -> Iterator[GridRun]:
     """The grid's MLflow parent run, from start to end (FAILED if the grid fails, KILLED on
     Ctrl-C); no child run of it is left RUNNING when it ends."""
+    tracking_ui.describe_experiment(params.experiment)  # what the experiment holds, how to read it
     with tracking.owned_run(
         params.experiment,
         name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",

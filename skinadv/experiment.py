@@ -356,8 +356,14 @@ def pick_examples(model: nn.Module, test: Dataset, sets: Mapping[str, np.ndarray
     return out
 
 
-def confusion_figure(result: ModelResult):
-    """Confusion matrices (clean, then each attack under both protocols) as one figure."""
+def confusion_figure(result: ModelResult, *, ncols: int = 3):
+    """Confusion matrices (clean, then each attack under both protocols), ``ncols`` panels a
+    row: each cell holds its count, shaded by its share of the true class (the row), so the
+    diagonal reads as per-class recall whatever the class sizes.
+
+    Returns:
+        A matplotlib Figure (about 1100 x 750 px at 100 dpi for five panels).
+    """
     import matplotlib.pyplot as plt
 
     panels = [("clean", result.transfer.metrics["clean"])]
@@ -366,19 +372,42 @@ def confusion_figure(result: ModelResult):
         for p, ev in result.evaluations().items()
         for a in ev.attack_names
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
-    for ax, (name, m) in zip(axes[0], panels, strict=True):
+    ncols = max(1, min(ncols, len(panels)))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.6 * ncols, 3.5 * nrows + 0.4), squeeze=False, layout="constrained"
+    )
+    fig.get_layout_engine().set(w_pad=0.08, h_pad=0.1)  # room for the outer axis labels
+    image, spare = None, None
+    for k, ax in enumerate(axes.flat):
+        if k >= len(panels):
+            ax.set_axis_off()
+            spare = spare or ax
+            continue
+        name, m = panels[k]
         cm = np.asarray(m["confusion_matrix"])
-        ax.imshow(cm, cmap="Blues")
+        share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
         for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=6)
-        ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(CLASSES)), CLASSES, fontsize=7)
-        ax.set_title(f"{name}\nacc {m['accuracy']:.1%}", fontsize=8)
-        ax.set_xlabel("predicted", fontsize=7)
-    axes[0][0].set_ylabel("true", fontsize=7)
-    fig.suptitle(f"{result.cell} (seed {result.seed})", fontsize=9)
-    fig.tight_layout()
+            colour = "white" if share[i, j] > 0.6 else "black"
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color=colour)
+        ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(CLASSES)), CLASSES, fontsize=8)
+        bal = m.get("balanced_accuracy")
+        figures = f"acc {m['accuracy']:.1%}" + ("" if bal is None else f", bal. {bal:.1%}")
+        ax.set_title(f"{name}\n{figures}", fontsize=9)
+        ax.set_xlabel("predicted class", fontsize=8)
+        if k % ncols == 0:
+            ax.set_ylabel("true class", fontsize=8)
+    legend = "shade: share of the true class (row),\nso the diagonal is each class's recall"
+    if spare is not None:  # the key sits in the empty panel, not beside the grid
+        cax = spare.inset_axes((0.1, 0.55, 0.8, 0.07))
+        fig.colorbar(image, cax=cax, orientation="horizontal")
+        spare.text(0.5, 0.4, f"count of test images per cell;\n{legend}", ha="center",
+                   va="top", fontsize=8, transform=spare.transAxes)  # fmt: skip
+    elif image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.5, label=legend)
+    fig.suptitle(f"{result.cell} (seed {result.seed}): confusion matrices", fontsize=10)
     return fig
 
 

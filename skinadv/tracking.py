@@ -36,7 +36,8 @@ TAG_KIND = "skinadv.kind"  # parent | vanilla | cell
 TAG_HASH = "skinadv.config_hash"
 TAG_CELL = "skinadv.cell"
 TAG_COMPLETE = "skinadv.complete"
-TAG_CELLS = "skinadv.cells"  # on the parent: JSON {cell name: child run id}
+TAG_CELLS = "skinadv.cells"  # on old parents: JSON {cell name: child run id}; now CELLS_FILE
+CELLS_FILE = "cells.json"  # on the parent: JSON {cell name: child run id}
 TAG_PARENT = "mlflow.parentRunId"
 TAG_STAGE = "skinadv.stage"
 TAG_ERROR = "skinadv.error"
@@ -345,10 +346,26 @@ def latest_parent(experiment: str):
     return runs[0]
 
 
+def log_cells(run_id: str, cells: Mapping[str, str]) -> None:
+    """The parent run's cell list, ``{cell name: child run id}``, as its ``cells.json``
+    artifact (a tag would be a wall of JSON in the run's page)."""
+    client().log_text(run_id, json.dumps(dict(cells), indent=1), CELLS_FILE)
+
+
+def logged_cells(parent) -> dict[str, str]:
+    """``{cell name: run id}`` a parent run's gather step logged: its ``cells.json``, or the
+    ``skinadv.cells`` tag of a grid run before there was one; empty when neither."""
+    rid = parent.info.run_id
+    if any(f.path == CELLS_FILE for f in client().list_artifacts(rid)):
+        with tempfile.TemporaryDirectory(prefix="skinadv-cells-") as tmp:
+            return json.loads(Path(client().download_artifacts(rid, CELLS_FILE, tmp)).read_text())
+    return json.loads(parent.data.tags.get(TAG_CELLS, "{}"))
+
+
 def cell_run_ids(parent) -> list[str]:
     """The child runs (trained or reused) a parent run's gather step reported on; for a grid
     that has not gathered (still running, or interrupted), its children finished so far."""
-    cells = json.loads(parent.data.tags.get(TAG_CELLS, "{}"))
+    cells = logged_cells(parent)
     if not cells:
         query = f"tags.`{TAG_PARENT}` = '{parent.info.run_id}' and tags.`{TAG_COMPLETE}` = 'true'"
         done = client().search_runs([parent.info.experiment_id], query, max_results=10_000)

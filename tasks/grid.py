@@ -18,14 +18,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from skinadv import experiment as exp
-from skinadv import tracking
+from skinadv import tracking, tracking_ui
 from skinadv.bench.flops import train_cost_fields
 from skinadv.config import DefenceConfig, ExperimentConfig
+from skinadv.data import CLASSES
 from skinadv.data.io import atomic_write_npz
 from skinadv.models import load_model, save_model
 from skinadv.results import ModelResult, cell_name
@@ -139,6 +141,8 @@ def _train_and_score(
         tags={tracking.TAG_HASH: config_hash, tracking.TAG_CELL: cell},
         parent_run_id=grid.parent_run_id,
     ) as run_id:
+        splits = {"train": data.train, "validation": val, "test": test}
+        tracking_ui.log_datasets(run_id, splits, fingerprint=data.fingerprint, spec=data.source)
         tracking.set_stage(run_id, "training")
 
         def on_epoch(s) -> None:
@@ -187,6 +191,16 @@ def _train_and_score(
         tracking.log_figure(run_id, exp.confusion_figure(result), "confusion_matrix.png")
         files = [weights, Path(str(weights) + ".json")]
         tracking.log_artifact_files(run_id, files, tracking.WEIGHTS_DIR)
+        # the same weights as an MLflow model (pt2): the UI's Models column, pyfunc loading
+        example = test.subset(np.arange(min(2, len(test)))).to_float()[0]
+        meta = {
+            "cell": cell,
+            "seed": seed,
+            "config_hash": config_hash,
+            "classes": list(CLASSES),
+            "skinadv_config": dict(getattr(trained.model, "skinadv_config", {})),
+        }
+        tracking_ui.log_model(run_id, trained.model, example, metadata=meta, tags={"cell": cell})
         if vanilla is None:
             tracking.log_artifact_files(run_id, [transfer], tracking.TRANSFER_DIR)
     return TrainedModel(result, config_hash)

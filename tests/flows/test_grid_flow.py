@@ -85,6 +85,70 @@ def assert_one_complete_run_per_cell(experiment: str) -> dict[str, str]:
     return {r.data.tags["skinadv.cell"]: r.info.run_id for r in complete}
 
 
+def assert_mlflow_as_a_user_meets_it(experiment: str, out) -> None:
+    """The experiment and parent run describe themselves, the parent carries the key figures
+    and ``cells.json``, every model run has its datasets and an MLflow model that loads and
+    gives its weights' logits, and every tag is true at the end."""
+    import mlflow
+    import numpy as np
+    import torch
+
+    from skinadv import tracking_ui
+    from skinadv.models import load_model
+    from skinadv.training import prepare_data
+    from tasks import store
+
+    c = mlflow.MlflowClient()
+    note = c.get_experiment_by_name(experiment).tags[tracking_ui.NOTE]
+    assert "one parent run per grid" in note.lower() and "skinadv.cell" in note
+    parent = c.get_run(out.parent_run_id)
+    desc = parent.data.tags[tracking_ui.NOTE]
+    assert desc.startswith(f"**skinadv: the quick grid (experiment {experiment})**")
+    assert "vanilla CNN reaches" in desc  # the report's headline
+    m = parent.data.metrics
+    assert m["n_models"] == len(CELLS) and m["n_seeds"] == 1
+    v = next(r for r in out.results if r.is_vanilla)
+    assert m["vanilla_clean_balanced_accuracy"] == pytest.approx(
+        v.flat_metrics()["clean_balanced_accuracy"]
+    )
+    assert "skinadv.cells" not in parent.data.tags
+    assert tracking.logged_cells(parent) == {r.key: r.run_id for r in out.results}
+    assert parent.data.tags["skinadv.stage"] == "done"
+    cfg = run_params(experiment).config()
+    fingerprint = prepare_data(cfg.data).fingerprint
+    for r in out.results:
+        run = c.get_run(r.run_id)
+        assert run.data.tags["skinadv.stage"] == "done"
+        assert run.data.tags["skinadv.complete"] == "true"
+        inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+        assert sorted(inputs) == ["test", "train", "validation"]
+        assert {d.digest for d in inputs.values()} == {fingerprint}
+        assert len(run.outputs.model_outputs) == 1  # the runs table's Models column
+    # a model loads as an MLflow model and gives the same logits as its weights
+    x, _ = prepare_data(cfg.data).test.to_float()
+    mine, _ = load_model(store.weights(v.run_id))
+    with torch.no_grad():
+        want = mine.eval()(torch.from_numpy(x)).numpy()
+    logged = mlflow.pytorch.load_model(f"runs:/{v.run_id}/{tracking_ui.MODEL_NAME}")
+    with torch.no_grad():
+        np.testing.assert_allclose(logged(torch.from_numpy(x)).numpy(), want, atol=1e-4)
+    served = mlflow.pyfunc.load_model(f"runs:/{v.run_id}/{tracking_ui.MODEL_NAME}")
+    np.testing.assert_allclose(served.predict(x), want, atol=1e-4)
+    assert served.metadata.metadata["cell"] == "vanilla"
+
+
+def run_params(experiment: str):
+    from flows.grid import GridParams
+
+    return GridParams(
+        data="synthetic:240:3",
+        experiment=experiment,
+        methods=METHODS,
+        fractions=FRACTIONS,
+        overrides=TINY,
+    )
+
+
 def test_first_run_trains_every_model_and_ends_every_run(harness):
     out = run(harness, "f-first")
     assert sorted(out.trained) == sorted(f"{c} s0" for c in CELLS) and out.reused == []
@@ -97,6 +161,7 @@ def test_first_run_trains_every_model_and_ends_every_run(harness):
     parent = mlflow.MlflowClient().get_run(out.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["skinadv.prefect_flow_run_id"]
+    assert_mlflow_as_a_user_meets_it("f-first", out)
     # the vanilla model's transfer and white-box figures are the same attacks
     v = next(r for r in out.results if r.is_vanilla)
     assert v.transfer.metrics == v.whitebox.metrics

@@ -152,8 +152,11 @@ def assert_metrics_and_pool_sizes(runs: list) -> None:
 
 def test_models_load_back_without_pickle(stack, first, real_npz, tmp_path):
     """Each run holds a plain state dict + JSON config (no pickled model): loaded with
-    weights_only=True, it scores exactly the clean accuracy the run logged."""
+    weights_only=True, it scores exactly the clean accuracy the run logged. Its MLflow model
+    (pt2: an exported graph, no pickle either) loads from the server and gives the same
+    logits."""
     import mlflow
+    import torch
 
     from skinadv import tracking
     from skinadv.config import grid_config
@@ -164,13 +167,23 @@ def test_models_load_back_without_pickle(stack, first, real_npz, tmp_path):
     cfg = grid_config("quick", data=str(real_npz), overrides=TINY[1::2])  # the --set values
     x, y = prepare_data(cfg.data).test.to_float()  # the split the grid scored on
     for r in child_runs(first["parent_run_id"]):
-        arts = [a.path for a in mlflow.MlflowClient().list_artifacts(r.info.run_id)]
-        assert "model" not in arts and "weights" in arts
+        c = mlflow.MlflowClient()
+        arts = [a.path for a in c.list_artifacts(r.info.run_id)]
+        assert "weights" in arts
         weights = tracking.download_weights(r.info.run_id, tmp_path / r.info.run_id)
         model, meta = load_model(weights)  # weights_only=True
         assert meta["config_hash"] == r.data.params["config_hash"]
         acc = score(model, x, y)["accuracy"]
         assert acc == pytest.approx(r.data.metrics["clean_accuracy"], abs=1e-9)
+        (out,) = c.get_run(r.info.run_id).outputs.model_outputs
+        files = [f.path for f in c.list_logged_model_artifacts(out.model_id, "data")]
+        assert files == ["data/model.pt2"]
+        if r.data.tags["skinadv.cell"] == "vanilla":  # one download and load is enough
+            logged = mlflow.pytorch.load_model(f"models:/{out.model_id}")
+            with torch.no_grad():
+                xt = torch.from_numpy(x[:64])
+                want = model.eval()(xt)
+                assert torch.allclose(logged(xt), want, atol=1e-4)
 
 
 def test_gathered_tables_equal_run_metrics(stack, first):

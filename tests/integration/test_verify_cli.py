@@ -77,7 +77,7 @@ def grid(tmp_path_factory):
         params = {"preset": "quick", "data": DATA, "methods": cfg.methods, "seeds": [0, 1]}
         with tracking.owned_run(EXPERIMENT, name="grid", kind="parent", params=params) as parent:
             cells = {r.key: r.run_id for r in results}
-            tracking.set_tags(parent, {tracking.TAG_CELLS: json.dumps(cells)})
+            tracking.log_cells(parent, cells)
         yield uri, parent, cells
     torch.set_num_threads(threads)  # verify sets its own (--threads)
 
