@@ -106,14 +106,34 @@ def to_markdown(report: Report) -> str:
             parts += [f"![{payload}]({payload}.png)", ""]
         elif kind == "notes":
             parts += [f"- {n}" for n in payload] + [""]
+        elif kind == "flags":
+            items = [f"- {n}" for n in payload]
+            if len(payload) > COLLAPSE_OVER:
+                items = [f"<details><summary>{len(payload)} warnings</summary>", "", *items]
+                items += ["", "</details>"]
+            parts += [*items, ""]
         elif kind == "checks":
             parts += [_md_check(c) for c in payload] or ["No sanity checks were run."]
             parts.append("")
     return "\n".join(parts)
 
 
+#: Lists longer than this (warnings, the models a check concerns) are collapsed to a count
+#: with the names behind a details element.
+COLLAPSE_OVER = 4
+
+
+def _collapsed(names: Sequence[str], what: str = "models") -> str:
+    """``a, b`` or, for many, ``<details><summary>17 models</summary>a, b, ...</details>``
+    (names HTML-escaped; GitHub's Markdown renders the element too)."""
+    text = html.escape(", ".join(names))
+    if len(names) <= COLLAPSE_OVER:
+        return text
+    return f"<details><summary>{len(names)} {what}</summary>{text}</details>"
+
+
 def _md_check(c: Check) -> str:
-    cells = f" Concerns: {', '.join(c.cells)}." if c.cells else ""
+    cells = f" Concerns: {_collapsed(c.cells)}." if c.cells else ""
     return f"- **{c.status.upper()}** `{c.name}`: {c.detail}.{cells}"
 
 
@@ -216,7 +236,7 @@ def _html_checks(checks: Sequence[Check]) -> str:
     rows = "".join(
         f"<tr><td class='{esc(c.status)}'>{esc(c.status.upper())}</td>"
         f"<td class='name'><code>{esc(c.name)}</code></td><td>{esc(c.detail)}</td>"
-        f"<td class='cells'>{esc(', '.join(c.cells)) or '–'}</td></tr>"
+        f"<td class='cells'>{_collapsed(c.cells) or '–'}</td></tr>"
         for c in checks
     )
     head = "<tr><th class='text'>Status</th><th class='text'>Check</th>"
@@ -274,10 +294,12 @@ def to_html(report: Report) -> str:
                 f"<img class='figure' alt='{esc(payload.replace('_', ' '))}' "
                 f"src='data:image/png;base64,{data}'>"
             )
-        elif kind == "notes":
-            out.append(
-                "<ul class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in payload) + "</ul>"
-            )
+        elif kind in ("notes", "flags"):
+            items = "<ul class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in payload)
+            items += "</ul>"
+            if kind == "flags" and len(payload) > COLLAPSE_OVER:
+                items = f"<details><summary>{len(payload)} warnings</summary>{items}</details>"
+            out.append(items)
         elif kind == "checks":
             out.append(_html_checks(payload))
     out.append("</body></html>")

@@ -62,6 +62,15 @@ PROTOCOLS_TEXT = (
         "each attack is re-run against the model being scored: the honest robustness figure.",
     ),
     (
+        "Label leaking",
+        (
+            "a model trained on adversarial copies crafted against another model learns the "
+            "attack's fingerprint and scores above its clean accuracy on such copies (Kurakin "
+            "et al. 2017): a flaw of the transfer protocol, not robustness. The report names "
+            "where it happens; this is what it means."
+        ),
+    ),
+    (
         "61.0 ± 2.3, n",
         (
             "the mean over n seeds (training runs) ± the half-width of its 95 % interval: "
@@ -131,7 +140,7 @@ CAPTIONS = {
 }
 
 #: A section: ``(heading, caption, kind, payload)``; kind is ``table``, ``tables``,
-#: ``figure``, ``notes`` or ``checks``.
+#: ``figure``, ``notes``, ``flags`` (warnings, collapsed to a count when many) or ``checks``.
 Section = tuple[str, str, str, Any]
 
 
@@ -185,7 +194,7 @@ def sections(report: Report) -> list[Section]:
     if "autoattack" in t:
         out.append(("AutoAttack vs our ensemble", CAPTIONS["autoattack"], "table", "autoattack"))
         if report.table_flags.get("autoattack"):
-            out.append(("", "", "notes", report.table_flags["autoattack"]))
+            out.append(("", "", "flags", report.table_flags["autoattack"]))
     if "champions" in t:
         out.append(("Champions in the model registry", CAPTIONS["champions"], "table", "champions"))
     if "clinical" in t:

@@ -339,7 +339,6 @@ def protocol_notes(frame: pd.DataFrame) -> list[str]:
                 f"{attack.upper()}: the transfer accuracy is above the clean accuracy in "
                 f"{_where(list(leak['cell']), len(frame), 'model')}; largest: "
                 f"{frame.loc[i, 'cell']}, {t[i]:.1f} % vs clean "
-                f"{frame.loc[i, 'clean_accuracy']:.1f} %. A sign of label leaking (Kurakin et "
-                "al. 2017), not of robustness."
+                f"{frame.loc[i, 'clean_accuracy']:.1f} %: label leaking (see above)."
             )
     return notes

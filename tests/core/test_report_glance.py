@@ -69,3 +69,23 @@ def test_eps_scale_images_on_a_real_model(tiny_trained, tiny_test):
         assert img.shape == (28, 28, 3)
         assert np.abs(img - clean).max() <= eps + 1e-6
     assert np.abs(images[2][1] - clean).max() > 0.2  # 77/255 is visible
+
+
+def test_long_warnings_collapse_to_a_count(tmp_path):
+    """A check that concerns 17 models shows "17 models" with the names behind a details
+    element; a short one lists them; label leaking is explained once, in the glossary."""
+    from skinadv.evaluation.checks import Check
+
+    many = tuple(f"pgd@0.{i % 9 + 1}-s{i}" for i in range(17))
+    checks = [
+        Check("no label leaking", "warn", "transfer above clean", many),
+        Check("pgd <= fgsm", "warn", "one model", ("fgsm@0.2-s0",)),
+    ]
+    rep = report(_results(), checks=checks)
+    save_report(rep, tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    md = (tmp_path / "report.md").read_text()
+    for text in (html, md):
+        assert "<details><summary>17 models</summary>" in text
+        assert "Concerns: fgsm@0.2-s0." in text or "<td class='cells'>fgsm@0.2-s0</td>" in text
+    assert md.count("Kurakin") == 1
