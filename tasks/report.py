@@ -49,6 +49,17 @@ def register_champions(experiment: str, results: list[ModelResult]) -> list[dict
     return rows
 
 
+def _cell_links(results: list[ModelResult]) -> dict[str, str]:
+    """Each cell's MLflow run page (its first seed's), when MLflow is a server."""
+    out = {}
+    for r in sorted(results, key=lambda r: -r.seed):  # the lowest seed's wins
+        if r.run_id:
+            url = tracking.run_url(r.run_id)
+            if url.startswith("http"):
+                out[r.cell] = url
+    return out
+
+
 @task(name="gather", task_run_name="gather report", cache_policy=NO_CACHE)
 def gather(
     cfg: ExperimentConfig,
@@ -92,6 +103,7 @@ def gather(
         examples=examples,
         sweeps=sweeps,
         eps_scale=eps_scale,
+        links=_cell_links(results),
     )
     with tempfile.TemporaryDirectory(prefix="report-", dir=store.node_dir()) as tmp:
         written = save_report(report, tmp)

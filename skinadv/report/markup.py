@@ -8,7 +8,7 @@ import html
 import itertools
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -177,10 +177,18 @@ img.scale{max-width:560px;display:block}
 """
 
 
-def html_table(df: pd.DataFrame) -> str:
+def html_table(df: pd.DataFrame, links: Mapping[str, str] | None = None) -> str:
     """A table with human headers, no index column, and one header spanning each group of
-    columns (transfer / white-box / the paper's)."""
+    columns (transfer / white-box / the paper's); with ``links``, each cell name links to
+    its MLflow run."""
     esc = html.escape
+    links = links or {}
+
+    def show(col: str, text: str) -> str:
+        if col == "cell" and text in links:
+            return f"<a href='{esc(links[text])}' title='its MLflow run'>{esc(text)}</a>"
+        return esc(text)
+
     cols = _shown(df)
     labels = [column_label(c) for c in cols]
     grouped = any(lab.group for lab in labels)
@@ -213,10 +221,10 @@ def html_table(df: pd.DataFrame) -> str:
         sep = " class='sep'" if method is not None and values.get("method") != method else ""
         method = values.get("method")
         tds = "".join(
-            f"<td{attrs(j)}>{esc(text)}"
+            f"<td{attrs(j)}>{show(col, text)}"
             + (f"<span class='pm'>&#8239;{esc(pm)}</span>" if pm else "")
             + "</td>"
-            for j, (_, text, pm) in enumerate(cells)
+            for j, (col, text, pm) in enumerate(cells)
         )
         body.append(f"<tr{sep}>{tds}</tr>")
     table = f"<table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
@@ -226,7 +234,7 @@ def html_table(df: pd.DataFrame) -> str:
 def _html_table(report: Report, name: str) -> str:
     note = report.table_notes.get(name)
     extra = f"<p class='tnote'>{html.escape(note)}.</p>" if note else ""
-    return f"<div>{html_table(report.tables[name])}{extra}</div>"
+    return f"<div>{html_table(report.tables[name], report.links)}{extra}</div>"
 
 
 def _html_checks(checks: Sequence[Check]) -> str:

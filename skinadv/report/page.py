@@ -35,6 +35,7 @@ class Report:
     verdict: str = ""
     table_flags: dict[str, list[str]] = field(default_factory=dict)
     glance: list[str] = field(default_factory=list)
+    links: dict[str, str] = field(default_factory=dict)
 
     def lead(self) -> tuple[str, str]:
         """The headline as (verdict, the rest)."""

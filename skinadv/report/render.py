@@ -92,6 +92,7 @@ def build_report(
     sweeps: Sweeps | None = None,
     champions: Sequence[Mapping[str, Any]] = (),
     eps_scale: Sequence[tuple[float, Any, str]] = (),
+    links: Mapping[str, str] | None = None,
 ) -> Report:
     """Tables, figures and sentences from every model's results.
 
@@ -106,6 +107,7 @@ def build_report(
         champions: one row per method's registered champion (``method``, ``registered``,
             ``cell``, ``seed``, the validation figure it was chosen by).
         eps_scale: ``eps_scale_images``' output: one image clean and attacked at each eps.
+        links: ``{cell: URL}``, the MLflow run each cell name links to in the HTML page.
 
     Raises:
         ValueError: no results, or no vanilla model among them.
@@ -178,6 +180,7 @@ def build_report(
         table_flags={"autoattack": autoattack_flags(autoattack)} if not autoattack.empty else {},
         verdict=" ".join(verdict(frame, results)),
         glance=glance_sentences(glance, frame, results),
+        links=dict(links or {}),
     )
 
 

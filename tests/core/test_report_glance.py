@@ -89,3 +89,11 @@ def test_long_warnings_collapse_to_a_count(tmp_path):
         assert "<details><summary>17 models</summary>" in text
         assert "Concerns: fgsm@0.2-s0." in text or "<td class='cells'>fgsm@0.2-s0</td>" in text
     assert md.count("Kurakin") == 1
+
+
+def test_cell_names_link_to_their_mlflow_runs(tmp_path):
+    url = "http://127.0.0.1:5000/#/experiments/1/runs/abc"
+    rep = report(_results(), links={"pgd-at@2_255": url})
+    save_report(rep, tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert f"<a href='{url}' title='its MLflow run'>pgd-at@2_255</a>" in html
