@@ -11,7 +11,7 @@ from skinadv.attacks.craft import craft, eval_mode, resolve_attack
 from skinadv.attacks.fgsm import fgsm
 from skinadv.attacks.mifgsm import mifgsm
 from skinadv.attacks.pgd import pgd
-from skinadv.attacks.registry import ATTACKS
+from skinadv.attacks.registry import ATTACKS, attack_name
 
 __all__ = [
     "ATTACKS",
@@ -22,6 +22,7 @@ __all__ = [
     "apgd_ce",
     "apgd_dlr",
     "apgd_t",
+    "attack_name",
     "craft",
     "dlr_loss",
     "dlr_targeted_loss",

@@ -50,7 +50,10 @@ def _one_run(
         lo, hi = _linf_bounds(x, eps)
         for _ in range(steps):
             grad, _, _ = _input_grad(model, x_adv, labels)
-            x_adv = _linf_step_(x_adv, grad.sign_(), sign * alpha, lo, hi)  # grad is ours
+            # in place when the gradient owns its memory; a model that broadcasts its input
+            # (x.sum(), x.expand) gets an expanded gradient sign_() cannot write
+            step = grad.sign_() if grad.is_contiguous() else grad.sign()
+            x_adv = _linf_step_(x_adv, step, sign * alpha, lo, hi)
         return x_adv
     for _ in range(steps):
         grad, _, _ = _input_grad(model, x_adv, labels)

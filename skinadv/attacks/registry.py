@@ -18,3 +18,20 @@ ATTACKS: dict[str, AttackFn] = {
     "apgd_dlr": apgd_dlr,
     "apgd_t": apgd_t,
 }
+
+
+def _bare(name: str) -> str:
+    return name.strip().lower().replace("-", "").replace("_", "")
+
+
+def attack_name(text: str) -> str:
+    """The registry's name for an attack as people spell it: ``apgd-ce``, ``APGD_CE`` and
+    ``apgdce`` are ``apgd_ce``; ``mi-fgsm`` is ``mifgsm``.
+
+    Raises:
+        ValueError: no attack of that name, listing the available ones.
+    """
+    for name in ATTACKS:
+        if _bare(name) == _bare(text):
+            return name
+    raise ValueError(f"unknown attack {text!r}; choose one of {', '.join(ATTACKS)}")

@@ -185,6 +185,22 @@ class AttackConfig(_Config):
         section = getattr(self, _ATTACK_SECTIONS[attack]).model_dump()
         return {k: v for k, v in section.items() if attack in _ONLY_FOR.get(k, (attack,))}
 
+    def with_kwargs(self, attack: str, **kwargs: Any) -> AttackConfig:
+        """A copy with ``attack``'s settings updated (in its section: ``apgd`` for the three
+        APGD attacks), validated as the preset's are.
+
+        Raises:
+            ValueError: an unknown attack, a setting it does not take, or a bad value.
+        """
+        own = self.kwargs(attack)
+        unknown = sorted(set(kwargs) - set(own))
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)} does not apply to {attack}")
+        section = _ATTACK_SECTIONS[attack]
+        data = self.model_dump()
+        data[section] = {**data[section], **kwargs}
+        return self.model_validate(data)
+
     def specs(self, attacks: Iterable[str] = ("fgsm", "pgd")) -> dict[str, dict[str, Any]]:
         """Attack specs for ``evaluate``: ``{name: {"attack": name, **kwargs}}``."""
         return {a: {"attack": a, **self.kwargs(a)} for a in attacks}
