@@ -50,20 +50,23 @@ def lr_scheduler(
     """
     if cfg.schedule == "constant" or total_steps < 1:
         return None
-    if cfg.schedule == "onecycle":
+    if cfg.schedule == "onecycle" and total_steps >= 3:
         # OneCycleLR's last lr is the one of its step total_steps - 1: one more, so that the
-        # lr after the run's last step is the final one
+        # lr after the run's last step is the final one; each of its two phases needs at
+        # least one step (a shorter run, e.g. one epoch of a few batches, divides by zero)
+        n = total_steps + 1
         return torch.optim.lr_scheduler.OneCycleLR(
             opt,
             max_lr=cfg.lr,
-            total_steps=total_steps + 1,
-            pct_start=max(cfg.warmup, 1.0 / (total_steps + 1)),
+            total_steps=n,
+            pct_start=min(max(cfg.warmup, 2.0 / n), 1.0 - 1.0 / n),
             anneal_strategy="cos",
             div_factor=ONECYCLE_DIV,
             final_div_factor=ONECYCLE_FINAL_DIV,
             cycle_momentum=False,  # Adam's betas stay as they are
         )
-    warm = round(cfg.warmup * total_steps)
+    # cosine (or a onecycle run too short for OneCycleLR: the same shape, warm-up then cosine)
+    warm = min(round(cfg.warmup * total_steps), total_steps - 1) if total_steps >= 3 else 0
 
     def factor(step: int) -> float:  # step: optimiser steps taken so far
         if step < warm:

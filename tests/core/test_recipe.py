@@ -44,6 +44,23 @@ def test_schedule_peaks_at_lr_and_reaches_its_final_lr(schedule):
     assert final_lr(cfg) < cfg.lr / 1000
 
 
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+@pytest.mark.parametrize("warmup", [0.0, 0.25, 0.9])
+def test_a_run_of_a_few_steps_warms_up_and_anneals_without_error(schedule, warmup):
+    """One epoch of a few batches (OneCycleLR divided by zero when a phase had no step)."""
+    for total in range(1, 12):
+        cfg = TrainConfig(lr=4e-3, schedule=schedule, warmup=warmup)
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.Adam([p], lr=cfg.lr)
+        sched = lr_scheduler(opt, cfg, total)
+        lrs = []
+        for _ in range(total):
+            opt.step()
+            sched.step()
+            lrs.append(opt.param_groups[0]["lr"])
+        assert max(lrs) <= cfg.lr * (1 + 1e-9) and lrs[-1] < cfg.lr, (total, lrs)
+
+
 def test_fit_ends_at_the_final_lr_and_constant_keeps_it(small_train):
     hist = {}
     for schedule in ("constant", "onecycle"):
