@@ -315,6 +315,8 @@ def test_on_the_fly_defences_and_the_robust_curve(harness):
         best = max(mine, key=lambda r: r.validation_metrics()["val_robust_2_255_balanced_accuracy"])
         assert run_id == best.run_id and tags["method"] == method and tags["cell"] == best.cell
         assert tags["train_eps"] == ("8/255" if method == "pgd-at" else "fgsm 0.2")
+        # true at the end: every white-box budget it was scored at, the robust curve's too
+        assert tags["tested_eps"] == "2/255, 8/255, 0.2, 0.3"
     assert_nothing_running("f-def")
     again = run(harness, "f-def", methods=["fgsm"], fractions=[1.0], overrides=TINY + extra)
     assert again.trained == [] and "pgd-at@8_255 s0" in again.reused
