@@ -6,9 +6,11 @@ the tag ``skinadv.complete=true`` (set after its metrics and model are logged), 
 at any point never leaves a half-logged run that a rerun would reuse or count twice.
 
 One owner per run: ``owned_run`` starts a run and ends it in the same process (FINISHED and
-complete, FAILED on an error, KILLED on Ctrl-C / SIGTERM); nothing re-opens a run. An
-attempt that dies without ending its run (a Ray worker SIGKILLed) leaves it RUNNING: the
-retry marks it KILLED (``kill_stale``), and so does the end of every grid
+complete, FAILED on an error, KILLED on Ctrl-C / SIGTERM); nothing re-opens a run. A
+model's run is also its owner's lease on the model (``skinadv.tracking_lease``: a
+heartbeat tag, one live owner per config hash across grids and hosts). An attempt that
+dies without ending its run (a Ray worker SIGKILLed, a node lost) leaves it RUNNING until
+its lease expires: the next claimant marks it KILLED, and so does the end of its grid
 (``kill_unfinished``). Models are logged as a plain state dict + JSON config (loaded with
 ``torch.load(weights_only=True)``), never pickled.
 """
@@ -184,13 +186,6 @@ def owned_run(experiment: str, **kwargs) -> Iterator[str]:
 def set_stage(run_id: str, stage: str) -> None:
     """What the run's owner is doing now (``training``, ``scoring``, ``logging``)."""
     client().set_tag(run_id, TAG_STAGE, stage)
-
-
-def kill_stale(experiment: str, config_hash: str, *, reason: str) -> list[str]:
-    """Mark KILLED every RUNNING run with this config hash (an earlier attempt that died
-    without ending its run); returns their ids. Call before starting the run that
-    replaces them."""
-    return _kill(experiment, f"tags.`{TAG_HASH}` = '{config_hash}'", reason)
 
 
 def kill_unfinished(experiment: str, parent_run_id: str, *, reason: str) -> list[str]:

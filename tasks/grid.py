@@ -1,14 +1,16 @@
 """Prefect tasks of the grid: thin wrappers that call skinadv and log to MLflow.
 
-Each model task owns its MLflow run from start to end (``tracking.owned_run``): it trains,
-scores both protocols, logs, and ends the run. Reuse happens here, not in the flow: a task
-that finds a complete run with its config hash returns that run's result in a ``Reused``
-state and trains nothing. Every task returns a frozen dataclass (``tasks.refs``), never a
-path: the data split and the pools travel inside them (Ray's object store), weights and
-transfer sets through the MLflow run that logged them, and a task's own files stay in its
-node's folder (``tasks.store``), so no node needs a disk shared with another. A model
-task's final state message carries its key figure, which the CLI's progress table and the
-Prefect UI show.
+Each model task owns its MLflow run from start to end: it trains, scores both protocols,
+logs, and ends the run. Reuse happens here, not in the flow: a task that finds a complete
+run with its config hash returns that run's result in a ``Reused`` state and trains
+nothing. Otherwise it claims the model (``skinadv.tracking_lease``): one live owner per
+config hash, across grids and hosts, trains it under a heartbeat; a task that finds another
+grid's live run training it waits for that run and reuses it. Every task returns a frozen
+dataclass (``tasks.refs``), never a path: the data split and the pools travel inside them
+(Ray's object store), weights and transfer sets through the MLflow run that logged them,
+and a task's own files stay in its node's folder (``tasks.store``), so no node needs a disk
+shared with another. A model task's final state message carries its key figure, which the
+CLI's progress table and the Prefect UI show.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
 from skinadv import experiment as exp
-from skinadv import tracking, tracking_ui
+from skinadv import tracking, tracking_lease, tracking_ui
 from skinadv.bench.flops import train_cost_fields
 from skinadv.config import DefenceConfig, ExperimentConfig
 from skinadv.data import CLASSES
@@ -70,16 +72,15 @@ def _reusable(grid: GridRun, config_hash: str):
     return None if grid.force else tracking.find_complete(grid.experiment, config_hash)
 
 
-def _reused(grid: GridRun, run, config_hash: str) -> State:
-    # an attempt of an earlier grid that died (Ctrl-C, a killed worker) may be RUNNING still
-    tracking.kill_stale(grid.experiment, config_hash, reason="attempt died; a complete run exists")
+def _reused(grid: GridRun, run, config_hash: str, waited_for: str | None = None) -> State:
+    # an attempt of an earlier grid that died (Ctrl-C, a killed worker) may be RUNNING still;
+    # a live owner (a --force grid's) is left alone
+    tracking_lease.expire(grid.experiment, config_hash)
     result, _ = tracking.load_result(run.info.run_id)
     model = TrainedModel(result, config_hash, reused=True)
-    return Completed(
-        data=model,
-        name="Reused",
-        message=f"{_key_figure(result)} (MLflow run {run.info.run_id[:8]})",
-    )
+    rid = run.info.run_id[:8]
+    how = f"waited for and reused MLflow run {rid}" if waited_for else f"MLflow run {rid}"
+    return Completed(data=model, name="Reused", message=f"{_key_figure(result)} ({how})")
 
 
 def _params(cfg: ExperimentConfig, data: DataRef, seed: int, h: str) -> dict[str, Any]:
@@ -117,8 +118,10 @@ def _train_and_score(
     params: dict[str, Any],
     vanilla: TrainedModel | None,
     defence: DefenceConfig | None = None,
-) -> TrainedModel:
-    """Train, score both protocols and log, inside one MLflow run this function owns.
+) -> State:
+    """Train, score both protocols and log, inside one MLflow run this function owns (its
+    claim on the model: ``tracking_lease``); or, when another grid's live run owns the
+    model, wait for it and reuse it.
 
     The vanilla model (``method`` None, no ``vanilla``) also crafts the transfer sets from
     itself and, for the first seed only (the report reads one vanilla's), the sanity sweeps;
@@ -127,20 +130,23 @@ def _train_and_score(
     node's folder under the run's id, then logged to the run."""
     cell = defence.name if defence is not None else cell_name(method, fraction)
     kind = "vanilla" if method is None else "defence" if defence is not None else "cell"
-    stale = tracking.kill_stale(grid.experiment, config_hash, reason="attempt died; retried")
-    if stale:
-        get_run_logger().warning("%s: marked %d dead attempt(s) KILLED", cell, len(stale))
     test = data.load("test")
     val = data.load("val") if data.val else None
     resources.reset_gpu_peak()
-    with tracking.owned_run(
+    claim = tracking_lease.claim(
         grid.experiment,
+        config_hash,
+        reuse=not grid.force,
+        logger=get_run_logger(),
         name=f"{cell}-s{seed}",
         kind=kind,
         params=params,
-        tags={tracking.TAG_HASH: config_hash, tracking.TAG_CELL: cell},
+        tags={tracking.TAG_CELL: cell},
         parent_run_id=grid.parent_run_id,
-    ) as run_id:
+    )
+    if claim.reuse is not None:
+        return _reused(grid, claim.reuse, config_hash, waited_for=claim.waited_for)
+    with tracking_lease.held(claim.run_id) as run_id:
         splits = {"train": data.train, "validation": val, "test": test}
         tracking_ui.log_datasets(run_id, splits, fingerprint=data.fingerprint, spec=data.source)
         tracking.set_stage(run_id, "training")
@@ -203,7 +209,7 @@ def _train_and_score(
         tracking_ui.log_model(run_id, trained.model, example, metadata=meta, tags={"cell": cell})
         if vanilla is None:
             tracking.log_artifact_files(run_id, [transfer], tracking.TRANSFER_DIR)
-    return TrainedModel(result, config_hash)
+    return Completed(data=TrainedModel(result, config_hash), message=_key_figure(result))
 
 
 # NO_CACHE on every task: their inputs hold whole data splits and pools, which Prefect would
@@ -244,7 +250,7 @@ def train_vanilla(cfg: ExperimentConfig, data: DataRef, *, seed: int, grid: Grid
     if run is not None:
         return _reused(grid, run, h)
     params = {**_params(cfg, data, seed, h), "method": "none", "fraction": 0.0}
-    model = _train_and_score(
+    return _train_and_score(
         cfg,
         data,
         data.load("train"),
@@ -256,7 +262,6 @@ def train_vanilla(cfg: ExperimentConfig, data: DataRef, *, seed: int, grid: Grid
         params=params,
         vanilla=None,
     )
-    return Completed(data=model, message=_key_figure(model.result))
 
 
 def _cell_hash(cfg: ExperimentConfig, vanilla: TrainedModel, method: str, fraction: float) -> str:
@@ -376,7 +381,7 @@ def train_cell(
         "pool_fraction": adv.fraction,
         "pool_recipe": exp.pool_recipe(cfg.methods, method) or "crafted",
     }
-    model = _train_and_score(
+    return _train_and_score(
         cfg,
         data,
         (xa, ya),
@@ -388,7 +393,6 @@ def train_cell(
         params=params,
         vanilla=vanilla,
     )
-    return Completed(data=model, message=_key_figure(model.result))
 
 
 def _defence_run_name() -> str:
@@ -430,7 +434,7 @@ def train_defence(
         "defence": defence.model_dump(),
         "vanilla_run_id": vanilla.run_id,
     }
-    model = _train_and_score(
+    return _train_and_score(
         cfg,
         data,
         data.load("train"),
@@ -443,4 +447,3 @@ def train_defence(
         vanilla=vanilla,
         defence=defence,
     )
-    return Completed(data=model, message=_key_figure(model.result))

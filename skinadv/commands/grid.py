@@ -132,7 +132,7 @@ def _end_interrupted(stack, experiment: str) -> None:
     stack.stop_service("ray")
     try:
         tracking.kill_interrupted(experiment, reason="the grid was interrupted")
-    except Exception as exc:  # MLflow down too: the next grid's kill_stale marks them
+    except Exception as exc:  # MLflow down too: their leases expire, the next claim marks them
         logging.getLogger(__name__).warning("could not mark interrupted runs KILLED: %s", exc)
 
 
