@@ -31,6 +31,7 @@ WORKER_ENV_VARS = (
     "MLFLOW_EXPERIMENT_NAME",
     "SKINADV_HAM10000",
     "SKINADV_CACHE_DIR",
+    "SKINADV_LEASE_S",  # the model lease (skinadv.tracking_lease): the workers keep it
     # MLflow's client retries (default: 7 retries, backoff factor 2, about 4 minutes):
     # a tracking server that restarts meanwhile loses nothing
     *MLFLOW_RETRY_ENV_VARS,
