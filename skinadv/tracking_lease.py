@@ -129,26 +129,32 @@ def gone(run, *, ttl: float | None = None, now: float | None = None) -> str | No
     return None
 
 
+def _sort_out(experiment: str, config_hash: str, ttl: float | None) -> tuple[list, list[str]]:
+    """(the RUNNING runs of the hash that hold their lease, the ids of those whose owner is
+    gone, which are marked KILLED here with the reason)."""
+    live, dead = [], []
+    for run in _runs_with(experiment, config_hash):
+        why = gone(run, ttl=ttl)
+        if why is None:
+            live.append(run)
+            continue
+        tracking.fail_run(run.info.run_id, why, status="KILLED")
+        log.info("marked run %s (%s) KILLED: %s", run.info.run_id, run.info.run_name, why)
+        dead.append(run.info.run_id)
+    return live, dead
+
+
 def expire(experiment: str, config_hash: str, *, ttl: float | None = None) -> list[str]:
     """Mark KILLED the RUNNING runs with this hash whose owner is provably gone (``gone``);
     live owners, wherever they run, are left alone. Returns the ids marked."""
-    dead = []
-    for run in _runs_with(experiment, config_hash):
-        why = gone(run, ttl=ttl)
-        if why is not None:
-            tracking.fail_run(run.info.run_id, why, status="KILLED")
-            log.info("marked run %s (%s) KILLED: %s", run.info.run_id, run.info.run_name, why)
-            dead.append(run.info.run_id)
-    return dead
+    return _sort_out(experiment, config_hash, ttl)[1]
 
 
 def owner(experiment: str, config_hash: str, *, ttl: float | None = None):
     """The live owner of the hash: of the RUNNING runs with it that hold their lease, the
     earliest started (ties: run id); None when there is none. Runs whose owner is gone
     are marked KILLED on the way."""
-    dead = set(expire(experiment, config_hash, ttl=ttl))
-    live = [r for r in _runs_with(experiment, config_hash) if r.info.run_id not in dead]
-    live = [r for r in live if gone(r, ttl=ttl) is None]
+    live, _ = _sort_out(experiment, config_hash, ttl)
     return min(live, key=_order) if live else None
 
 
@@ -231,6 +237,7 @@ class Heartbeat:
         self.run_id = run_id
         self.ttl = ttl or lease_s()
         self.lost: str | None = None
+        self._where: tuple[str, str] | None = None  # (experiment, config hash)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._loop, name=f"skinadv-heartbeat-{run_id[:8]}", daemon=True
@@ -264,8 +271,12 @@ class Heartbeat:
             log.warning("run %s was taken over while it trained (%s)", self.run_id, self.lost)
             return
         c.set_tag(self.run_id, TAG_HEARTBEAT, f"{time.time():.3f}")
-        exp = c.get_experiment(run.info.experiment_id).name
-        first = owner(exp, run.data.tags[tracking.TAG_HASH], ttl=self.ttl)
+        if self._where is None:
+            self._where = (
+                c.get_experiment(run.info.experiment_id).name,
+                run.data.tags[tracking.TAG_HASH],
+            )
+        first = owner(*self._where, ttl=self.ttl)
         if first is not None and _order(first) < _order(run):
             self.lost = f"lost the claim to run {first.info.run_id} (seen while training)"
             log.warning("run %s: %s", self.run_id, self.lost)

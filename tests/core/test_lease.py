@@ -181,6 +181,31 @@ def test_a_taken_over_owner_drops_its_result(mlflow_tmp):
     assert _run(got.run_id).info.status == "KILLED"
 
 
+def test_an_earlier_claim_seen_late_makes_the_later_owner_step_down(mlflow_tmp):
+    """A claim whose create request reached MLflow late (retried after an outage) with an
+    earlier start_time than the owner's: the owner's heartbeat sees it, and the owner drops
+    its result instead of finishing a second complete run."""
+    got = _claim("hl")
+    c = tracking.client()
+    exp = c.get_experiment_by_name(EXPERIMENT).experiment_id
+    lost = pytest.raises(tracking_lease.LeaseLost, match="lost the claim")
+    with lost, tracking_lease.held(got.run_id):
+        early = c.create_run(
+            exp,
+            start_time=_run(got.run_id).info.start_time - 1000,
+            tags={
+                tracking.TAG_HASH: "hl",
+                tracking.TAG_WORKER: tracking.worker(),
+                tracking_lease.TAG_HEARTBEAT: f"{time.time():.3f}",
+            },
+        ).info.run_id
+        time.sleep(TTL / 2)  # a few heartbeats
+    run = _run(got.run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags[tracking.TAG_ERROR].startswith(f"lost the claim to run {early}")
+    tracking.fail_run(early, "test over", status="KILLED")
+
+
 def test_reuse_and_expire(mlflow_tmp):
     """A complete run is reused without a claim; ``expire`` kills only runs whose owner is
     gone: no heartbeat, or a stale one; a live one is left RUNNING."""
