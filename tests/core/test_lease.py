@@ -19,6 +19,7 @@ from skinadv import tracking, tracking_lease
 
 EXPERIMENT = "lease-test"
 TTL = 1.5  # s: the heartbeat every 0.25 s
+PAUSED_TTL = 6.0  # s: the paused process's lease, a beat a second (see its test)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,8 @@ def test_an_owner_that_stops_heartbeating_is_taken_over_after_the_lease(mlflow_t
 
 def test_a_paused_process_is_taken_over_after_the_lease(mlflow_tmp):
     """A claimant in another process, SIGSTOPped while it holds the lease (a dead node: its
-    process is still there, it just never beats again)."""
+    process is still there, it just never beats again). Its lease (``PAUSED_TTL``, tagged on
+    its run) is what the taker waits out."""
     ready = mlflow_tmp / "ready"
     script = textwrap.dedent(
         f"""
@@ -128,7 +130,8 @@ def test_a_paused_process_is_taken_over_after_the_lease(mlflow_tmp):
             time.sleep(600)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
+    env = {**os.environ, tracking_lease.LEASE_ENV: str(PAUSED_TTL)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
     try:
         deadline = time.monotonic() + 120
         while not ready.exists():
@@ -136,12 +139,18 @@ def test_a_paused_process_is_taken_over_after_the_lease(mlflow_tmp):
             assert time.monotonic() < deadline, "the claimant never held its lease"
             time.sleep(0.1)
         victim = ready.read_text()
-        first = float(_run(victim).data.tags[tracking_lease.TAG_HEARTBEAT])
-        time.sleep(TTL / 2)  # it beats while it runs
-        assert float(_run(victim).data.tags[tracking_lease.TAG_HEARTBEAT]) > first
+        first = _beat(victim)
+        while _beat(victim) == first:  # it beats while it runs
+            assert time.monotonic() < deadline, "the claimant never renewed its lease"
+            time.sleep(0.02)
+        # pause it between two beats: SQLite (this test's MLflow, not a server's) would stay
+        # locked by a process stopped inside a transaction
+        time.sleep(0.5)
         os.kill(proc.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
         got = _claim("hs")
         assert got.run_id is not None and got.waited_for == victim
+        assert time.monotonic() - t0 > PAUSED_TTL / 2  # its own lease, not the taker's
         run = _run(victim)
         assert run.info.status == "KILLED"
         assert "lease expired" in run.data.tags[tracking.TAG_ERROR]
@@ -152,6 +161,10 @@ def test_a_paused_process_is_taken_over_after_the_lease(mlflow_tmp):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+def _beat(run_id: str) -> float:
+    return float(_run(run_id).data.tags[tracking_lease.TAG_HEARTBEAT])
 
 
 def test_a_failed_owner_leads_to_a_new_claim(mlflow_tmp):
