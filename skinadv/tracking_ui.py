@@ -1,5 +1,5 @@
-"""What a user of the MLflow UI meets (with ``skinadv.tracking``, the only other module
-that imports mlflow): the experiment's description, the parent run's description and key
+"""What a user of the MLflow UI meets, the other half of the MLflow adapter beside
+``skinadv.tracking``: the experiment's description, the parent run's description and key
 figures, each model run's datasets (``log_input``) and its model as an MLflow model.
 
 The model is logged in MLflow's ``pt2`` format (``torch.export``: a graph and its weights,
