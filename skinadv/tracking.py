@@ -1,4 +1,4 @@
-"""MLflow adapter: the one place (with skinadv.stack) that imports mlflow.
+"""MLflow adapter: with skinadv.tracking_ui and skinadv.stack, the only modules importing mlflow.
 
 Layout: one experiment per grid name; a parent run per grid invocation; one child run per
 cell (and one for vanilla). A child run counts as done only when it is FINISHED *and* has
@@ -11,8 +11,7 @@ model's run is also its owner's lease on the model (``skinadv.tracking_lease``: 
 heartbeat tag, one live owner per config hash across grids and hosts). An attempt that
 dies without ending its run (a Ray worker SIGKILLed, a node lost) leaves it RUNNING until
 its lease expires: the next claimant marks it KILLED, and so does the end of its grid
-(``kill_unfinished``). Models are logged as a plain state dict + JSON config (loaded with
-``torch.load(weights_only=True)``), never pickled.
+(``kill_unfinished``). Models: a state dict + JSON config, and a pt2 MLflow model; no pickle.
 """
 
 from __future__ import annotations
@@ -38,8 +37,7 @@ TAG_KIND = "skinadv.kind"  # parent | vanilla | cell
 TAG_HASH = "skinadv.config_hash"
 TAG_CELL = "skinadv.cell"
 TAG_COMPLETE = "skinadv.complete"
-TAG_CELLS = "skinadv.cells"  # on old parents: JSON {cell name: child run id}; now CELLS_FILE
-CELLS_FILE = "cells.json"  # on the parent: JSON {cell name: child run id}
+TAG_CELLS = "skinadv.cells"  # on old parents; now tracking_ui.CELLS_FILE
 TAG_PARENT = "mlflow.parentRunId"
 TAG_STAGE = "skinadv.stage"
 TAG_ERROR = "skinadv.error"
@@ -339,35 +337,6 @@ def latest_parent(experiment: str):
     if not runs:
         raise ValueError(f"experiment {experiment!r} has no finished grid run")
     return runs[0]
-
-
-def log_cells(run_id: str, cells: Mapping[str, str]) -> None:
-    """The parent run's cell list, ``{cell name: child run id}``, as its ``cells.json``
-    artifact (a tag would be a wall of JSON in the run's page)."""
-    client().log_text(run_id, json.dumps(dict(cells), indent=1), CELLS_FILE)
-
-
-def logged_cells(parent) -> dict[str, str]:
-    """``{cell name: run id}`` a parent run's gather step logged: its ``cells.json``, or the
-    ``skinadv.cells`` tag of a grid run before there was one; empty when neither."""
-    rid = parent.info.run_id
-    if any(f.path == CELLS_FILE for f in client().list_artifacts(rid)):
-        with tempfile.TemporaryDirectory(prefix="skinadv-cells-") as tmp:
-            return json.loads(Path(client().download_artifacts(rid, CELLS_FILE, tmp)).read_text())
-    return json.loads(parent.data.tags.get(TAG_CELLS, "{}"))
-
-
-def cell_run_ids(parent) -> list[str]:
-    """The child runs (trained or reused) a parent run's gather step reported on; for a grid
-    that has not gathered (still running, or interrupted), its children finished so far."""
-    cells = logged_cells(parent)
-    if not cells:
-        query = f"tags.`{TAG_PARENT}` = '{parent.info.run_id}' and tags.`{TAG_COMPLETE}` = 'true'"
-        done = client().search_runs([parent.info.experiment_id], query, max_results=10_000)
-        cells = {r.info.run_id: r.info.run_id for r in done if r.info.status == "FINISHED"}
-    if not cells:
-        raise ValueError(f"parent run {parent.info.run_id} lists no cells and has none finished")
-    return list(cells.values())
 
 
 def log_result(run_id: str, payload: Mapping[str, Any]) -> None:

@@ -11,7 +11,9 @@ and ``mlflow.pytorch.load_model`` / ``mlflow.pyfunc.load_model`` load it. The ru
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 NOTE = "mlflow.note.content"  # the description MLflow's UI shows and edits
 MODEL_NAME = "model"
 TAG_BEST = "skinadv.best_cell"
+CELLS_FILE = "cells.json"  # on the parent: JSON {cell name: child run id}
 #: a description that opens so is ours (and replaced when it changes); any other is a user's
 EXPERIMENT_HEADING = "**skinadv grid experiment**"
 MAX_NOTE = 7500  # MLflow caps a tag value at 8000 characters
@@ -109,7 +112,42 @@ def describe_parent(
         tags[TAG_BEST] = figures.best_cell
     tracking.set_tags(run_id, tags)
     tracking.log_metrics(run_id, figures.metrics)
-    tracking.log_cells(run_id, cells)
+    log_cells(run_id, cells)
+
+
+def log_cells(run_id: str, cells: Mapping[str, str]) -> None:
+    """The parent run's cell list, ``{cell name: child run id}``, as its ``cells.json``
+    artifact (a tag would be a wall of JSON in the run's page)."""
+    tracking.client().log_text(run_id, json.dumps(dict(cells), indent=1), CELLS_FILE)
+
+
+def logged_cells(parent) -> dict[str, str]:
+    """``{cell name: run id}`` a parent run's gather step logged: its ``cells.json``, or the
+    ``skinadv.cells`` tag of a grid run before there was one; empty when neither."""
+    rid = parent.info.run_id
+    if any(f.path == CELLS_FILE for f in tracking.client().list_artifacts(rid)):
+        with tempfile.TemporaryDirectory(prefix="skinadv-cells-") as tmp:
+            return json.loads(
+                Path(tracking.client().download_artifacts(rid, CELLS_FILE, tmp)).read_text()
+            )
+    return json.loads(parent.data.tags.get(tracking.TAG_CELLS, "{}"))
+
+
+def cell_run_ids(parent) -> list[str]:
+    """The child runs (trained or reused) a parent run's gather step reported on
+    (``logged_cells``), else the children it finished so far (a grid still running, or
+    interrupted)."""
+    cells = logged_cells(parent)
+    if not cells:
+        rid = parent.info.run_id
+        query = (
+            f"tags.`{tracking.TAG_PARENT}` = '{rid}' and tags.`{tracking.TAG_COMPLETE}` = 'true'"
+        )
+        done = tracking.client().search_runs([parent.info.experiment_id], query, max_results=10_000)
+        cells = {r.info.run_id: r.info.run_id for r in done if r.info.status == "FINISHED"}
+    if not cells:
+        raise ValueError(f"parent run {parent.info.run_id} lists no cells and has none finished")
+    return list(cells.values())
 
 
 def _source(spec: str):

@@ -403,7 +403,7 @@ def report(
         )
     try:
         with Stack(run_dir, prefect=False, ray=False, console=console):
-            from skinadv import tracking
+            from skinadv import tracking, tracking_ui
             from skinadv.evaluation.checks import sanity_checks
             from skinadv.report import build_report, save_report
             from skinadv.report.page import report_title
@@ -418,7 +418,7 @@ def report(
                         parent = tracking.client().get_run(parent_run)
                     except MlflowException:
                         raise ValueError(f"no MLflow run {parent_run!r}") from None
-                results, sweeps = tracking.load_results(tracking.cell_run_ids(parent))
+                results, sweeps = tracking.load_results(tracking_ui.cell_run_ids(parent))
             except ValueError as exc:
                 raise fail(str(exc)) from None
             rep = build_report(

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from skinadv import tracking
+from skinadv import tracking, tracking_ui
 
 VERIFY_DIR = "verify"
 # a progress bar per downloaded state dict would drown the per-model progress lines
@@ -44,7 +44,7 @@ def grid_results(experiment: str, parent_run_id: str | None = None) -> tuple[Any
             raise ValueError(f"no MLflow run {parent_run_id!r}: {exc}") from None
         if parent.data.tags.get(tracking.TAG_KIND) != "parent":
             raise ValueError(f"MLflow run {parent_run_id} is not a grid's parent run")
-    results, _ = tracking.load_results(tracking.cell_run_ids(parent))
+    results, _ = tracking.load_results(tracking_ui.cell_run_ids(parent))
     return parent, results
 
 

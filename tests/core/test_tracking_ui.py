@@ -107,11 +107,11 @@ def test_parent_run_description_metrics_and_cells_artifact(mlflow_tmp):
     assert run.data.metrics["n_models"] == 30
     assert run.data.tags[tracking_ui.TAG_BEST] == "pgd-at@2_255"
     assert tracking.TAG_CELLS not in run.data.tags  # no wall of JSON among the tags
-    assert tracking.logged_cells(run) == cells and tracking.cell_run_ids(run) == [a]
+    assert tracking_ui.logged_cells(run) == cells and tracking_ui.cell_run_ids(run) == [a]
     # a parent logged before cells.json existed: its tag is still read
     with tracking.owned_run(EXPERIMENT, name="old grid", kind="parent") as old:
         tracking.set_tags(old, {tracking.TAG_CELLS: json.dumps(cells)})
-    assert tracking.cell_run_ids(c.get_run(old)) == [a]
+    assert tracking_ui.cell_run_ids(c.get_run(old)) == [a]
     assert tracking_ui.parent_note("t", "x" * 9000, n_models=1).endswith("…")
 
 

@@ -112,7 +112,7 @@ def assert_mlflow_as_a_user_meets_it(experiment: str, out) -> None:
         v.flat_metrics()["clean_balanced_accuracy"]
     )
     assert "skinadv.cells" not in parent.data.tags
-    assert tracking.logged_cells(parent) == {r.key: r.run_id for r in out.results}
+    assert tracking_ui.logged_cells(parent) == {r.key: r.run_id for r in out.results}
     assert parent.data.tags["skinadv.stage"] == "done"
     cfg = run_params(experiment).config()
     fingerprint = prepare_data(cfg.data).fingerprint

@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from skinadv import tracking
+from skinadv import tracking, tracking_ui
 from skinadv.cli import app
 from skinadv.config import TrainConfig, grid_config
 from skinadv.models import save_model
@@ -77,7 +77,7 @@ def grid(tmp_path_factory):
         params = {"preset": "quick", "data": DATA, "methods": cfg.methods, "seeds": [0, 1]}
         with tracking.owned_run(EXPERIMENT, name="grid", kind="parent", params=params) as parent:
             cells = {r.key: r.run_id for r in results}
-            tracking.log_cells(parent, cells)
+            tracking_ui.log_cells(parent, cells)
         yield uri, parent, cells
     torch.set_num_threads(threads)  # verify sets its own (--threads)
 
@@ -164,11 +164,11 @@ def test_a_grid_that_has_not_gathered_is_read_from_its_finished_children(tmp_pat
     with pytest.raises(RuntimeError):
         with tracking.owned_run("partial", name="c", kind="cell", parent_run_id=parent):
             raise RuntimeError("a failed model")
-    assert tracking.cell_run_ids(tracking.client().get_run(parent)) == [done]
+    assert tracking_ui.cell_run_ids(tracking.client().get_run(parent)) == [done]
     tracking.finish_run(running)  # finished now: listed too
-    assert sorted(tracking.cell_run_ids(tracking.client().get_run(parent))) == sorted(
+    assert sorted(tracking_ui.cell_run_ids(tracking.client().get_run(parent))) == sorted(
         [done, running]
     )
     empty = tracking.start_run("partial", name="grid2", kind="parent")
     with pytest.raises(ValueError, match="has none finished"):
-        tracking.cell_run_ids(tracking.client().get_run(empty))
+        tracking_ui.cell_run_ids(tracking.client().get_run(empty))
