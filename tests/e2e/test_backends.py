@@ -383,7 +383,11 @@ def test_models_and_reports_are_objects_in_the_bucket(backends_stack, grid, moto
             k.endswith("/artifacts/weights/" + weights[0].rsplit("/", 1)[1] + ".json")
             for k in run_keys
         )
-    assert not [k for k in keys if k.endswith(("/MLmodel", "/model.pth", ".pkl"))]
+    # each model is also an MLflow model: a torch.export program (pt2), never a pickle
+    assert not [k for k in keys if k.endswith(("/model.pth", ".pkl"))]
+    programs = [k for k in keys if k.endswith("/data/model.pt2")]
+    assert len(programs) == len(runs), programs
+    assert len([k for k in keys if k.endswith("/MLmodel")]) == len(runs)
     # the vanilla model's transfer test sets, for reuse from another node or work folder
     (vanilla,) = [r for r in runs if r.data.tags["skinadv.cell"] == "vanilla"]
     assert [k for k in keys if f"/{vanilla.info.run_id}/artifacts/transfer_sets/" in k]
