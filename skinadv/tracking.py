@@ -289,14 +289,14 @@ def find_complete(experiment: str, config_hash: str):
     return runs[0] if runs else None
 
 
-def run_url(run_id: str) -> str:
+def run_url(run_id: str, experiment_id: str | None = None) -> str:
     """The run's page in the MLflow UI (or its ``runs:/`` URI when the store is not a
-    server)."""
+    server); ``experiment_id`` saves a lookup when the caller knows it."""
     uri = tracking_uri().rstrip("/")
     if not uri.startswith(("http://", "https://")):
         return f"runs:/{run_id}"
-    run = client().get_run(run_id)
-    return f"{uri}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    exp_id = experiment_id or client().get_run(run_id).info.experiment_id
+    return f"{uri}/#/experiments/{exp_id}/runs/{run_id}"
 
 
 def runs_view_url(experiment_id: str) -> str | None:

@@ -49,15 +49,18 @@ def register_champions(experiment: str, results: list[ModelResult]) -> list[dict
     return rows
 
 
-def _cell_links(results: list[ModelResult]) -> dict[str, str]:
-    """Each cell's MLflow run page (its first seed's), when MLflow is a server."""
-    out = {}
-    for r in sorted(results, key=lambda r: -r.seed):  # the lowest seed's wins
+def _cell_links(results: list[ModelResult], parent_run_id: str) -> dict[str, str]:
+    """Each cell's MLflow run page (its first seed's), when MLflow is a server; the grid's
+    runs share its parent's experiment, looked up once."""
+    first: dict[str, str] = {}
+    for r in sorted(results, key=lambda r: r.seed):
         if r.run_id:
-            url = tracking.run_url(r.run_id)
-            if url.startswith("http"):
-                out[r.cell] = url
-    return out
+            first.setdefault(r.cell, r.run_id)
+    if not first:
+        return {}
+    exp_id = tracking.client().get_run(parent_run_id).info.experiment_id
+    urls = {cell: tracking.run_url(rid, exp_id) for cell, rid in first.items()}
+    return {cell: url for cell, url in urls.items() if url.startswith("http")}
 
 
 @task(name="gather", task_run_name="gather report", cache_policy=NO_CACHE)
@@ -103,7 +106,7 @@ def gather(
         examples=examples,
         sweeps=sweeps,
         eps_scale=eps_scale,
-        links=_cell_links(results),
+        links=_cell_links(results, grid.parent_run_id),
     )
     with tempfile.TemporaryDirectory(prefix="report-", dir=store.node_dir()) as tmp:
         written = save_report(report, tmp)

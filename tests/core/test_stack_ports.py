@@ -66,3 +66,31 @@ def test_the_grid_ends_with_deep_links(monkeypatch, tmp_path):
         f"browse again: skinadv up --run-dir {tmp_path / 'run'}",
     ]
     assert _links(outcome, tmp_path, started=False)[-1].startswith("Prefect flow run")
+
+
+def test_report_links_each_cell_to_its_first_seeds_run(monkeypatch):
+    """One lookup of the grid's experiment, then each cell's lowest seed's run page."""
+    from types import SimpleNamespace
+
+    from skinadv import tracking
+    from tasks.report import _cell_links
+
+    looked_up = []
+
+    def get_run(run_id):
+        looked_up.append(run_id)
+        return SimpleNamespace(info=SimpleNamespace(experiment_id="7", run_id=run_id))
+
+    monkeypatch.setattr(tracking, "tracking_uri", lambda: "http://127.0.0.1:5123")
+    monkeypatch.setattr(tracking, "client", lambda: SimpleNamespace(get_run=get_run))
+    results = [
+        SimpleNamespace(cell=c, seed=s, run_id=f"{c}-{s}")
+        for c in ("vanilla", "pgd@0.8")
+        for s in (2, 0, 1)
+    ]
+    links = _cell_links(results, "parent")
+    base = "http://127.0.0.1:5123/#/experiments/7/runs/"
+    assert links == {"vanilla": base + "vanilla-0", "pgd@0.8": base + "pgd@0.8-0"}
+    assert looked_up == ["parent"]
+    monkeypatch.setattr(tracking, "tracking_uri", lambda: "sqlite:///x.db")
+    assert _cell_links(results, "parent") == {}
