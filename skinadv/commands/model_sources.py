@@ -111,13 +111,18 @@ def load(
         meta = {**meta, "class_names": list(order)}
     if norm is not None:
         meta = {**meta, "normalize": {"mean": list(norm[0]), "std": list(norm[1])}}
+    if meta["source"] != "skinadv" and meta.get("image_size"):
+        # the size the model was exported for: the data is loaded at it (HAM10000 resized
+        # from its JPEGs), as a skinadv checkpoint's own data.size is (experiment_config)
+        meta = {**meta, "data": {"size": int(meta["image_size"])}}
     return adapt(net, classes=order, normalize=norm), meta
 
 
 def check(net: nn.Module, meta: dict[str, Any], image_size: int, what: str) -> None:
     """Probe the model with a batch of the data's image size (``check_classifier``).
 
-    A foreign model that says its input size (an exported program) must match the data's;
+    A foreign model that says its input size (an exported program) must match the data's
+    (``load`` makes it the default data.size, so only an explicit --set data.size differs);
     a skinadv checkpoint's data settings are checked by ``experiment.check_model_data``.
 
     Raises:
@@ -136,7 +141,14 @@ def check(net: nn.Module, meta: dict[str, Any], image_size: int, what: str) -> N
                 f"{what} takes {size}x{size} images, but the data is {image_size}x{image_size} "
                 "(data.size)"
             )
-    check_classifier(net, (PROBE_N, 3, image_size, image_size), what=what)
+    try:
+        check_classifier(net, (PROBE_N, 3, image_size, image_size), what=what)
+    except ValueError as exc:
+        if "cannot take a" not in str(exc) or meta.get("image_size"):
+            raise
+        raise ValueError(  # a model of another input size that does not say which
+            f"{exc} (a model of other image sizes: --set data.size=N loads the data at NxN)"
+        ) from None
 
 
 __all__ = ["MLFLOW_SCHEMES", "check", "download", "is_mlflow_uri", "load", "parse_mlflow_uri"]

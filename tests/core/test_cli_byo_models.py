@@ -95,6 +95,9 @@ def models(tmp_path_factory):
         + inspect.getsource(Lesions)
         + "\n\ndef make():\n    return Lesions()\n"
     )
+    at32 = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 32 * 32, 7))
+    x32 = torch.rand(2, 3, 32, 32)
+    torch.export.save(torch.export.export(at32.eval(), (x32,), dynamic_shapes=dyn), d / "32.pt2")
     perm = [CLASSES.index(c) for c in HMNIST_CLASSES]  # hmnist column j: canonical perm[j]
     hmnist = lesions()
     with torch.no_grad():
@@ -114,6 +117,7 @@ def models(tmp_path_factory):
         "noisy": script(Head(net, "noise"), d / "noisy.ts"),
         "ten": script(lesions(10), d / "ten.ts"),
         "big": script(big, d / "big.ts"),
+        "export32": str(d / "32.pt2"),  # exported for 32x32 images (any batch)
     }
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(d))
@@ -176,6 +180,23 @@ def test_classes_and_normalize_match_the_canonical_model(models, ham_npz):
     own = figures(run("attack", models["self_normalising"], ham_npz, "--json"))
     norm = ["--normalize", ",".join(map(str, MEAN)), ",".join(map(str, STD))]
     assert figures(run("attack", models["bare"], ham_npz, *norm, "--json")) == own
+
+
+def test_data_is_resized_to_the_size_the_model_was_exported_for(models, ham_npz):
+    """An exported program says its input size (32x32): the 28x28 data is resized to it
+    (a model that cannot take 28x28 at all runs), and an explicit other data.size is refused
+    in one line; a TorchScript model of other sizes is told how to set the size."""
+    for command in ("attack", "evaluate"):
+        res = run(command, models["export32"], ham_npz, "--json")
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["n_test"] == 60
+        res = run(command, models["export32"], ham_npz, "--set", "data.size=28")
+        assert res.exit_code == 2, res.output
+        assert "takes 32x32 images, but the data is 28x28" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    res = run("attack", models["big"], ham_npz)
+    assert res.exit_code == 2 and "--set data.size=N" in res.stderr
+    assert figures(run("attack", models["big"], ham_npz, "--set", "data.size=32", "--json"))
 
 
 @pytest.mark.parametrize(
