@@ -39,7 +39,7 @@ from tasks import resources, store
 from tasks.refs import DataRef, GridRun, Pool, TrainedModel
 
 
-def _use_assigned_resources() -> dict[str, float]:
+def use_assigned_resources() -> dict[str, float]:
     """Use what Ray gave this task: torch threads = its CPUs, so parallel cells don't
     oversubscribe, and a GPU share (``resources.use_assigned_gpu``: CUDA, or the CPU with a
     warning where this node has no real CUDA). Returns the assigned resources."""
@@ -51,7 +51,7 @@ def _use_assigned_resources() -> dict[str, float]:
     return assigned
 
 
-def _key_figure(r: ModelResult) -> str:
+def key_figure(r: ModelResult) -> str:
     """One line for the progress table and the Prefect UI: balanced accuracy and melanoma
     recall first (what a clinician reads), clean and under white-box PGD, then accuracy."""
     bal = r.transfer.value("clean", "balanced_accuracy")
@@ -80,7 +80,7 @@ def _reused(grid: GridRun, run, config_hash: str, waited_for: str | None = None)
     model = TrainedModel(result, config_hash, reused=True)
     rid = run.info.run_id[:8]
     how = f"waited for and reused MLflow run {rid}" if waited_for else f"MLflow run {rid}"
-    return Completed(data=model, name="Reused", message=f"{_key_figure(result)} ({how})")
+    return Completed(data=model, name="Reused", message=f"{key_figure(result)} ({how})")
 
 
 def _params(cfg: ExperimentConfig, data: DataRef, seed: int, h: str) -> dict[str, Any]:
@@ -209,7 +209,7 @@ def _train_and_score(
         tracking_ui.log_model(run_id, trained.model, example, metadata=meta, tags={"cell": cell})
         if vanilla is None:
             tracking.log_artifact_files(run_id, [transfer], tracking.TRANSFER_DIR)
-    return Completed(data=TrainedModel(result, config_hash), message=_key_figure(result))
+    return Completed(data=TrainedModel(result, config_hash), message=key_figure(result))
 
 
 # NO_CACHE on every task: their inputs hold whole data splits and pools, which Prefect would
@@ -244,7 +244,7 @@ def prepare_data(cfg: ExperimentConfig, grid: GridRun) -> DataRef:
 )
 def train_vanilla(cfg: ExperimentConfig, data: DataRef, *, seed: int, grid: GridRun) -> State:
     """Train the vanilla model, craft the transfer sets from it, score it, end its run."""
-    _use_assigned_resources()
+    use_assigned_resources()
     h = exp.vanilla_hash(cfg, data.fingerprint, seed)
     run = _reusable(grid, h)
     if run is not None:
@@ -310,7 +310,7 @@ def craft_pool(
     skipped when every cell of the method will be reused. Given the grid's ``fgsm`` and
     ``pgd`` pools, the mix pool is composed from them (``mix_pool``), not crafted; a source
     skipped (its own cells reused) is crafted here, so the composition is the same."""
-    _use_assigned_resources()
+    use_assigned_resources()
     todo = [
         f for f in cfg.fractions if _reusable(grid, _cell_hash(cfg, vanilla, method, f)) is None
     ]
@@ -362,7 +362,7 @@ def train_cell(
 ) -> State:
     """Train a fresh model on the training set + round(fraction * n) adversarial examples,
     score it under both protocols and end its run."""
-    _use_assigned_resources()
+    use_assigned_resources()
     h = _cell_hash(cfg, vanilla, method, fraction)
     run = _reusable(grid, h)
     if run is not None:
@@ -421,7 +421,7 @@ def train_defence(
 ) -> State:
     """Train a fresh model adversarially on the fly (PGD-AT, TRADES, Fast-AT), score it
     under both protocols and end its run."""
-    _use_assigned_resources()
+    use_assigned_resources()
     h = exp.defence_hash(vanilla.config_hash, defence)
     run = _reusable(grid, h)
     if run is not None:
