@@ -317,9 +317,43 @@ def test_on_the_fly_defences_and_the_robust_curve(harness):
         assert tags["train_eps"] == ("8/255" if method == "pgd-at" else "fgsm 0.2")
         # true at the end: every white-box budget it was scored at, the robust curve's too
         assert tags["tested_eps"] == "2/255, 8/255, 0.2, 0.3"
+    assert_champion_by_uri_gives_the_logged_figures("skinadv-f-def-pgd-at", TINY + extra)
     assert_nothing_running("f-def")
     again = run(harness, "f-def", methods=["fgsm"], fractions=[1.0], overrides=TINY + extra)
     assert again.trained == [] and "pgd-at@8_255 s0" in again.reused
+
+
+def assert_champion_by_uri_gives_the_logged_figures(name: str, overrides: list[str]) -> None:
+    """``skinadv evaluate --model models:/NAME@robust-champion`` (the registry's copy, read
+    through MLflow as a user would) with the grid's settings gives the clean and white-box
+    figures and the robust curve that the grid logged for that model's run."""
+    import json
+
+    import mlflow
+    from typer.testing import CliRunner
+
+    from skinadv.commands.experiment import app
+    from skinadv.results import RobustPoint
+
+    _, run_id, _ = tracking.champion(name)
+    logged = mlflow.MlflowClient().get_run(run_id).data.metrics
+    sets = [a for o in overrides for a in ("--set", o)]
+    res = CliRunner().invoke(
+        app,
+        ["evaluate", "--model", f"models:/{name}@robust-champion", "--data", "synthetic:240:3",
+         "--preset", "quick", *sets, "--protocol", "whitebox", "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    assert got["config_hash"] == mlflow.MlflowClient().get_run(run_id).data.params["config_hash"]
+    flat = {f"clean_{k}": v for k, v in got["results"]["whitebox"]["clean"].items()}
+    flat |= {f"whitebox_pgd_{k}": v for k, v in got["results"]["whitebox"]["pgd"].items()}
+    for p in got["curve"]:
+        flat |= RobustPoint.from_dict(p).metrics()
+    keys = ["clean_accuracy", "clean_balanced_accuracy", "whitebox_pgd_accuracy"]
+    keys += ["robust_2_255_accuracy", "robust_8_255_balanced_accuracy"]
+    for k in keys:
+        assert flat[k] == pytest.approx(logged[k], abs=1e-9), k
 
 
 def test_three_seeds_give_three_runs_per_cell_and_the_table_aggregates_them(harness):
