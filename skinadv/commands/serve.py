@@ -1,10 +1,14 @@
-"""``skinadv serve``: the grid as a Prefect deployment, with an optional cron schedule.
+"""``skinadv serve``: the grid and the evaluation flow as Prefect deployments, each with an
+optional cron schedule.
 
 Starts (or finds, through ``MLFLOW_TRACKING_URI`` / ``PREFECT_API_URL`` / ``RAY_ADDRESS``)
-the services like ``skinadv grid``, registers the deployment ``skinadv-grid/NAME`` with its
-default parameters and schedule, and runs its flow runs (scheduled, or started from the
-Prefect UI / API with other parameters) on Ray until Ctrl-C. ``flows.deployments`` is
-imported after ``Stack.start()``: Prefect reads ``PREFECT_API_URL`` at import.
+the services like ``skinadv grid``, registers the deployments ``skinadv-grid/NAME`` and
+``skinadv-evaluate/EVALUATE_NAME`` with their default parameters and schedules, and runs
+their flow runs (scheduled, or started from the Prefect UI / API with other parameters) on
+Ray until Ctrl-C, one at a time. ``--data``, ``--preset``, ``--set`` and ``--experiment``
+are both deployments' defaults; the ``--evaluate-*`` options are the evaluation's own.
+``flows.deployments`` is imported after ``Stack.start()``: Prefect reads
+``PREFECT_API_URL`` at import.
 """
 
 from __future__ import annotations
@@ -66,6 +70,25 @@ def check_name(name: str) -> str:
         ) from None
 
 
+def _evaluate_defaults(**values: object):
+    """The evaluation deployment's default ``EvaluateParams`` (it may name no model); a
+    fault as ``ValueError`` in one line, naming the option."""
+    from pydantic import ValidationError
+
+    from flows.evaluate import EvaluateParams
+
+    options = {"models": "--evaluate-model", "registered_model": "--evaluate-registered-model",
+               "versions": "--evaluate-versions", "autoattack_eps": "--evaluate-autoattack-eps"}  # fmt: skip
+    try:
+        return EvaluateParams.defaults(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        loc = [str(p) for p in err.get("loc", ())]
+        where = options.get(loc[0], loc[0]) if loc else "evaluation"
+        raise ValueError(f"{where}: {msg}") from None
+
+
 @app.command("serve")
 def serve(
     cron: Annotated[
@@ -94,8 +117,40 @@ def serve(
     out: Annotated[
         Path | None, typer.Option(help="Report folder (default RUN_DIR/report/EXPERIMENT).")
     ] = None,
+    evaluate_model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A model the evaluation deployment evaluates by default (repeatable; any "
+            "skinadv evaluate --model SPEC). Without one, its runs name their models."
+        ),
+    ] = None,
+    evaluate_registered_model: Annotated[
+        str | None,
+        typer.Option(
+            help="A registered MLflow model whose newest version (or every version: "
+            "--evaluate-versions all) the evaluation deployment evaluates by default."
+        ),
+    ] = None,
+    evaluate_versions: Annotated[
+        str, typer.Option(help="newest or all, of --evaluate-registered-model.")
+    ] = "newest",
+    evaluate_autoattack_eps: Annotated[
+        str | None,
+        typer.Option(help="The evaluation's AutoAttack budgets, e.g. 2/255 (default: off)."),
+    ] = None,
+    evaluate_cron: Annotated[
+        str | None,
+        typer.Option(
+            help="Cron schedule (UTC) of the evaluation, e.g. '0 4 * * *'; needs "
+            "--evaluate-model or --evaluate-registered-model."
+        ),
+    ] = None,
+    evaluate_name: Annotated[
+        str, typer.Option(help="Evaluation deployment name (skinadv-evaluate/NAME).")
+    ] = "evaluate",
 ) -> None:
-    """Serve the grid as a Prefect deployment (cron reruns, runs from the UI) until Ctrl-C."""
+    """Serve the grid and the evaluation flow as Prefect deployments (cron reruns, runs from
+    the UI) until Ctrl-C."""
     from skinadv.config import describe_error, grid_config
     from skinadv.data import DataError, detect
 
@@ -118,6 +173,25 @@ def serve(
         name = check_name(name)
         if cron is not None:
             cron = check_cron(cron.strip())
+        evaluate_name = check_name(evaluate_name)
+        if evaluate_cron is not None:
+            evaluate_cron = check_cron(evaluate_cron.strip())
+        eval_params = _evaluate_defaults(
+            models=evaluate_model or [],
+            registered_model=evaluate_registered_model,
+            versions=evaluate_versions,
+            autoattack_eps=evaluate_autoattack_eps,
+            data=cfg.data.spec,
+            preset=str(preset),
+            overrides=set_ or [],
+            experiment=experiment,
+            out_dir=str(run_dir.resolve() / "evaluate"),
+        )
+        if evaluate_cron and not (eval_params.models or eval_params.registered_model):
+            raise ValueError(
+                "--evaluate-cron needs --evaluate-model or --evaluate-registered-model: a "
+                "scheduled evaluation must know what to evaluate"
+            )
     except (DataError, ValueError) as exc:
         raise fail(describe_error(exc)) from None
     run_dir = run_dir.resolve()
@@ -139,7 +213,9 @@ def serve(
     label = "SYNTHETIC data (not real lesions)" if kind == "synthetic" else f"{kind} data"
     console.print(
         f"[bold]serve[/]: preset {cfg.name}, {label}: {cfg.data.spec} ({why}); "
-        f"schedule: {f'cron {cron} (UTC)' if cron else 'none (runs on demand)'}"
+        f"schedule: {f'cron {cron} (UTC)' if cron else 'none (runs on demand)'}; "
+        f"evaluation schedule: "
+        f"{f'cron {evaluate_cron} (UTC)' if evaluate_cron else 'none (runs on demand)'}"
     )
 
     from skinadv.stack import Stack, StackError
@@ -147,16 +223,21 @@ def serve(
     try:
         with Stack(run_dir, console=console) as stack:
             stack.print_addresses(console)
-            from flows.deployments import grid_deployment, serve_grid
+            from flows.deployments import evaluate_deployment, grid_deployment, serve_grid
 
+            env = stack.ray_runtime_env()["env_vars"]
             deployment = grid_deployment(
-                params,
-                name=name,
-                cron=cron,
-                ray_address=stack.ray_address,
-                env=stack.ray_runtime_env()["env_vars"],
+                params, name=name, cron=cron, ray_address=stack.ray_address, env=env
             )
             deployment_id = deployment.apply()  # serve_grid updates the same deployment
+            evaluation = evaluate_deployment(
+                eval_params,
+                name=evaluate_name,
+                cron=evaluate_cron,
+                ray_address=stack.ray_address,
+                env=env,
+            )
+            evaluation_id = evaluation.apply()
             ui = stack.addresses().get("prefect") or stack.prefect_api_url
             console.print(
                 f"deployment [bold]skinadv-grid/{name}[/]: "
@@ -165,8 +246,16 @@ def serve(
                 f"--params '{{\"params\": {{...}}}}' (a whole GridParams object)",
                 soft_wrap=True,
             )
+            console.print(
+                f"deployment [bold]skinadv-evaluate/{evaluate_name}[/]: "
+                f"{ui}/deployments/deployment/{evaluation_id}\nstart a run there or with: "
+                f"prefect deployment run 'skinadv-evaluate/{evaluate_name}' --params "
+                f'\'{{"params": {{"models": ["SPEC", ...], ...}}}}\' (a whole '
+                "EvaluateParams object)",
+                soft_wrap=True,
+            )
             console.print("serving; press Ctrl-C to stop")
-            serve_grid(deployment)
+            serve_grid(deployment, also=[evaluation])
     except StackError as exc:
         raise fail(str(exc), 1) from None
     except KeyboardInterrupt:
