@@ -31,8 +31,14 @@ demo: $(STAMP)
 	@echo "data: $(DATA)"
 	$(BIN)/skinadv grid --preset quick --data $(DATA) $(GRID_ARGS)
 
+# 2 pytest-xdist workers: the tests that start services (tests/flows, tests/integration,
+# tests/e2e) run one after another on one of them, the in-process tests beside them on the
+# other (tests/conftest.py's scheduler). TEST_WORKERS=0: one process, as plain pytest.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
+
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,4 +1,5 @@
-"""Shared fixtures: where the real HAM10000 data lives (CI always has it)."""
+"""Shared fixtures: where the real HAM10000 data lives (CI always has it); one torch thread;
+the tests that start services kept on one pytest-xdist worker (``make test`` runs 2)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,45 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: test folders (and files) whose tests start services, Ray, subprocess grids or bind ports:
+#: under pytest-xdist (``make test``: ``-n 2``) they run one after another on one worker, as
+#: in a serial run, while the other worker takes the in-process tests beside them
+SERVICES_GROUP = (
+    "tests/flows/",
+    "tests/integration/",
+    "tests/e2e/",
+    "tests/core/test_stack_ports.py",
+)
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: absent without xdist
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's load scheduling with every ``SERVICES_GROUP`` test in one unit of work (one
+    worker, collection order) and every other test a unit of its own. (``--dist loadgroup``
+    with ``xdist_group`` marks would say the same, but xdist 3.8 cannot rename pytest 9.2's
+    node ids, so its groups come apart.) The biggest unit goes out first."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ServicesOnOneWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "services" if nodeid.startswith(SERVICES_GROUP) else nodeid
+
+    return ServicesOnOneWorker(config, log)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """One torch thread for every test: the test machines have 2 cores, shared with other
+    jobs (and, under xdist, with the other worker); 1 thread keeps timings sane. (It was the
+    core tests' fixture; a serial run kept it for the flow tests after them, so every test
+    gets it now, whichever worker runs it.)"""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def real_data_path() -> Path:

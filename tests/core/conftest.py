@@ -18,15 +18,6 @@ from skinadv.training import TrainResult, fit
 NPZ_NAME = "ham10000_28x28_rgb.npz"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    # the test machines have 2 cores shared with other jobs; 1 thread keeps timings sane
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def ham_npz(real_npz: Path) -> Path:
     """The canonical 28x28 npz of all 10015 real HAM10000 images (``real_npz`` checked)."""
