@@ -57,12 +57,17 @@ def check_runs(part: dict, settings: bench_ray.RaySettings) -> None:
 def test_cli_ray_part(real_npz, ray_tmp, tmp_path, monkeypatch):
     import ray
 
-    monkeypatch.setattr("skinadv.bench.quick", lambda data, device: tiny_bench(data, device=device))
+    # the attack and training part as small as it goes (tests/core/test_bench.py checks it):
+    # this test is about the Ray part
+    smallest = {"n_images": 24, "train_images": 96, "batch_sizes": (24,), "fit_images": 64}
+    monkeypatch.setattr(
+        "skinadv.bench.quick", lambda data, device: tiny_bench(data, device=device, **smallest)
+    )
     monkeypatch.setattr(bench_ray, "default_settings", lambda cells=None: bench_ray.tiny())
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     res = bench(
-        "--quick", "--data", real_npz, "--libraries", "skinadv", "--ray", "--json", out,
-        "--markdown", md,
+        "--quick", "--data", real_npz, "--libraries", "skinadv", "--no-bf16", "--ray",
+        "--json", out, "--markdown", md,
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert not ray.is_initialized()  # shut down again
