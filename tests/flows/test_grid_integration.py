@@ -55,9 +55,9 @@ def grid_env(stack, real_npz, tmp_path_factory):
     return env, tmp_path_factory.mktemp("grid")
 
 
-def run_grid(env, run_dir: Path, data: Path, experiment: str = EXPERIMENT) -> dict:
+def run_grid(env, run_dir: Path, data: Path, experiment: str = EXPERIMENT, *extra: str) -> dict:
     proc = subprocess.run(
-        grid_command(run_dir, data, experiment),
+        grid_command(run_dir, data, experiment, *extra),
         env=env,
         capture_output=True,
         text=True,
@@ -419,17 +419,24 @@ def two_nodes(stack, grid_env, ray_tmp, tmp_path):
 def test_the_grid_needs_no_shared_disk_two_nodes_private_folders(
     stack, grid_env, two_nodes, real_npz
 ):
-    """Issue 11: the 13-model grid on two Ray nodes whose tasks each see only their own
-    folder: it completes with 13 FINISHED runs, both nodes trained models, each model's
-    weights were written on exactly one node, no task touched a forbidden folder, and the
-    driver's work folder was never made."""
+    """Issue 11: a grid of every method (fgsm, pgd and mix, whose pool is composed from the
+    other two, wherever they were made) at 2 fractions, 7 models, on two Ray nodes whose
+    tasks each see only their own folder: it completes with 7 FINISHED runs, both nodes
+    trained models, each model's weights were written on exactly one node, no task touched a
+    forbidden folder, and the driver's work folder was never made. (The 13-model grid's
+    runs: test_first_run_trains_13_finished_child_runs.)"""
     env, driver_dir = grid_env
     address, folders = two_nodes
     ray_vars = ("RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")  # set by ray_tmp
     env = {**env, **{k: os.environ[k] for k in ray_vars}, "RAY_ADDRESS": address}
     run_dir = driver_dir / "two-nodes"
-    out = run_grid(env, run_dir, real_npz, experiment="it-two-nodes")
-    runs = assert_13_finished_child_runs(out, "it-two-nodes")
+    out = run_grid(env, run_dir, real_npz, "it-two-nodes", "--fractions", "0.4,0.8")
+    models = ["vanilla"] + [f"{m}@{f}" for m in ("fgsm", "pgd", "mix") for f in ("0.4", "0.8")]
+    assert out["failed"] == [] and out["reused"] == []
+    assert sorted(out["trained"]) == sorted(f"{m} s0" for m in models)
+    runs = child_runs(out["parent_run_id"], "it-two-nodes")
+    assert sorted(r.data.tags["skinadv.cell"] for r in runs) == sorted(models)
+    assert {r.info.status for r in runs} == {"FINISHED"}
     for f in folders:
         log = f / "forbidden.log"
         assert not log.exists(), log.read_text()
