@@ -189,7 +189,8 @@ def evaluate_flow(params: EvaluateParams) -> EvaluateOutcome:
     """Evaluate every model as ``skinadv evaluate --out`` does, one Ray task per model."""
     specs = list(params.models)
     if params.registered_model:
-        found = model_versions.submit(params.registered_model, params.versions).result()
+        # a quick MLflow query: in this process, so the evaluations' workers start at once
+        found = model_versions(params.registered_model, params.versions)
         specs += [s for s in found if s not in specs]
     flow_run_id = str(runtime.flow_run.id or "")
     futures: dict[str, PrefectFuture] = {}

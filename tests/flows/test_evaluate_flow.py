@@ -40,6 +40,7 @@ TINY = [
 CURVE = {"eps": "2/255", "attacks": "pgd"}  # one budget, one attack
 EXPERIMENT = "it-evaluate"
 DEPLOYMENT = "it-evaluate"
+REGISTERED = "it-evaluate-model"
 CRON = "0 4 * * *"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
@@ -278,24 +279,45 @@ def _cli_metrics(model: str, data: Path) -> dict[str, float]:
     return {**ModelResult.from_dict(payload).flat_metrics(), **payload["extra"]}
 
 
+def _register(uri: str, checkpoint: str) -> None:
+    """The checkpoint as version 1 of the registered model ``REGISTERED``: its run's
+    ``weights/`` folder, as the grid registers a champion."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(client.create_experiment("it-evaluate-registry"))
+    for f in (checkpoint, checkpoint + ".json"):
+        client.log_artifact(run.info.run_id, f, "weights")
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model(REGISTERED)
+    client.create_model_version(
+        REGISTERED, source=f"{run.info.artifact_uri}/weights", run_id=run.info.run_id
+    )
+
+
 @pytest.mark.integration
 def test_served_evaluation_of_two_models(stack, real_npz, tmp_path, monkeypatch, prefect_api):
+    """``skinadv serve`` with a nightly evaluation of a registered model's newest version;
+    a run started through the API (the UI form's defaults, plus a TorchScript file) ends
+    COMPLETED with one MLflow run per model carrying ``skinadv evaluate --json``'s figures,
+    a report per model, and a summary linking both runs."""
     import mlflow
 
     api = stack.prefect_api_url
     run_dir = tmp_path / "serve"
     log = tmp_path / "serve.log"
-    t0 = time.monotonic()
-    checkpoint, scripted = _train_models(tmp_path, real_npz)
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": stack.mlflow_tracking_uri,
         "PREFECT_API_URL": api,
         "RAY_ADDRESS": stack.ray_address,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",  # pick the run up at once (default 10 s)
     }
     args = ["serve", "--name", "it-evaluate-grid", "--evaluate-name", DEPLOYMENT,
-            "--evaluate-model", checkpoint, "--evaluate-cron", CRON, "--data", str(real_npz),
-            "--experiment", "it-evaluate-default", "--run-dir", str(run_dir)]  # fmt: skip
+            "--evaluate-registered-model", REGISTERED, "--evaluate-cron", CRON,
+            "--data", str(real_npz), "--experiment", "it-evaluate-default",
+            "--run-dir", str(run_dir)]  # fmt: skip
+    t0 = time.monotonic()
     with open(log, "w") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "skinadv.cli", *args],
@@ -306,9 +328,15 @@ def test_served_evaluation_of_two_models(stack, real_npz, tmp_path, monkeypatch,
             preexec_fn=_default_sigint,  # noqa: PLW1509 - it only resets a signal
         )
     try:
+        # while serve starts: the two models, one registered, and the CLI's figures
+        checkpoint, scripted = _train_models(tmp_path, real_npz)
+        _register(stack.mlflow_tracking_uri, checkpoint)
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        expected = {m: _cli_metrics(m, real_npz) for m in (checkpoint, scripted)}
-        assert expected[checkpoint] != expected[scripted]  # two different models
+        expected = {
+            f"models:/{REGISTERED}/1": _cli_metrics(checkpoint, real_npz),
+            scripted: _cli_metrics(scripted, real_npz),
+        }
+        assert len({json.dumps(m, sort_keys=True) for m in expected.values()}) == 2
 
         def deployment():
             assert proc.poll() is None, f"serve exited early:\n{_log_tail(log)}"
@@ -321,15 +349,19 @@ def test_served_evaluation_of_two_models(stack, real_npz, tmp_path, monkeypatch,
 
         deps = {d["name"]: d for d in _wait("both deployments", deployment, 180, log)}
         dep = deps[DEPLOYMENT]
+        served_s = time.monotonic() - t0
         assert [s["schedule"].get("cron") for s in dep["schedules"]] == [CRON]
         assert dep["entrypoint"] == "flows.deployments.ray_evaluate_flow"
         assert deps["it-evaluate-grid"]["entrypoint"] == "flows.deployments.ray_grid_flow"
+        assert deps["it-evaluate-grid"]["schedules"] == []  # the grid's as before: no --cron
         defaults = dep["parameters"]["params"]
-        assert defaults["models"] == [checkpoint]
+        assert (defaults["registered_model"], defaults["versions"]) == (REGISTERED, "newest")
+        assert defaults["models"] == [] and defaults["data"] == str(real_npz)
         assert defaults["out_dir"] == str((run_dir / "evaluate").resolve())
         assert "EvaluateParams" in dep["parameter_openapi_schema"]["definitions"]
 
-        params = {**defaults, "models": [checkpoint, scripted], "overrides": TINY, **CURVE,
+        # as the UI's form does: the defaults (the registered model), a model added
+        params = {**defaults, "models": [scripted], "overrides": TINY, **CURVE,
                   "experiment": EXPERIMENT}  # fmt: skip
         flow_run_id = prefect_api(
             "POST",
@@ -348,9 +380,8 @@ def test_served_evaluation_of_two_models(stack, real_npz, tmp_path, monkeypatch,
         client = mlflow.MlflowClient(stack.mlflow_tracking_uri)
         exp = client.get_experiment_by_name(EXPERIMENT)
         runs = client.search_runs([exp.experiment_id])
-        assert len(runs) == 2
         by_model = {r.data.params["model"]: r for r in runs}
-        assert set(by_model) == {checkpoint, scripted}
+        assert len(runs) == 2 and set(by_model) == set(expected)
         for model, r in by_model.items():
             assert r.info.status == "FINISHED" and r.data.tags["skinadv.kind"] == "evaluation"
             assert r.data.tags["skinadv.prefect_flow_run_id"] == flow_run_id
@@ -361,22 +392,24 @@ def test_served_evaluation_of_two_models(stack, real_npz, tmp_path, monkeypatch,
                 "report/report.md",
                 "report/report.html",
             }
-        assert by_model[checkpoint].data.params["model_source"] == "skinadv"
+        assert by_model[f"models:/{REGISTERED}/1"].data.params["model_source"] == "skinadv"
         assert by_model[scripted].data.params["model_source"] == "torchscript"
 
         # the reports: one per model where the params say, and the summary
         out = run_dir / "evaluate"
-        for folder in ("seed0.pt", "seed1-script.pt"):
+        labels = {f"{REGISTERED} v1": f"{REGISTERED}-v1", "seed1-script.pt": "seed1-script.pt"}
+        for folder in labels.values():
             assert "Robust accuracy vs eps" in (out / folder / "report.md").read_text()
             assert (out / folder / "report.html").is_file()
         summary = (out / "summary.md").read_text()
-        assert "seed0.pt" in summary and "seed1-script.pt" in summary
         tasks = prefect_api(
             "POST", f"{api}/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}}
         )
         names = {t["name"]: t for t in tasks}
-        assert {"seed0.pt", "seed1-script.pt"} <= set(names)
-        assert "PGD white-box" in names["seed0.pt"]["state"]["message"]
+        assert {*labels, f"versions of {REGISTERED}"} <= set(names)
+        for label in labels:
+            assert f"| {label} |" in summary
+            assert "PGD white-box" in names[label]["state"]["message"]
         arts = prefect_api(
             "POST",
             f"{api}/artifacts/filter",
@@ -389,7 +422,10 @@ def test_served_evaluation_of_two_models(stack, real_npz, tmp_path, monkeypatch,
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 0, _log_tail(log)
-        print(f"\nserved evaluation: 2 models trained, served and evaluated in {run_s:.0f} s")
+        print(
+            f"\nserved evaluation: deployments registered after {served_s:.0f} s, 2 models "
+            f"evaluated after {run_s:.0f} s, serve stopped after {time.monotonic() - t0:.0f} s"
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
