@@ -39,6 +39,10 @@ def in_255ths(eps: float) -> str:
     return f"{int(eps * 255 + 0.5 + 1e-9):d}/255"
 
 
+#: the role of the one model of a single-model report (``skinadv evaluate``)
+SUBJECT_ROLE = "this model"
+
+
 def glance_cells(frame: pd.DataFrame) -> list[tuple[str, str]]:
     """``[(role, cell)]``: the vanilla model, the most robust static cell and the most robust
     defence trained on the fly, each chosen on the validation split as the verdict and the
@@ -68,10 +72,13 @@ def _autoattack(results: Sequence[ModelResult], cell: str) -> tuple[float, float
     return iv.mean, iv.low, iv.high
 
 
-def glance_table(frame: pd.DataFrame, results: Sequence[ModelResult]) -> pd.DataFrame:
-    """The mini-table: ``model`` (its role), ``cell``, ``seeds``, then each figure of
-    ``ROBUST_COLUMNS`` (or ``PAPER_COLUMNS`` without a robust curve at 2/255) with its
-    interval bounds; AutoAttack's only when ``skinadv verify`` measured it."""
+def glance_table(
+    frame: pd.DataFrame, results: Sequence[ModelResult], single: bool = False
+) -> pd.DataFrame:
+    """The mini-table: ``model`` (its role; ``SUBJECT_ROLE`` for the one model of a
+    ``single``-model report), ``cell``, ``seeds``, then each figure of ``ROBUST_COLUMNS`` (or
+    ``PAPER_COLUMNS`` without a robust curve at 2/255) with its interval bounds;
+    AutoAttack's only when ``skinadv verify`` or ``--autoattack-eps`` measured it."""
     robust = (
         "robust_2_255_balanced_accuracy" in frame
         and frame["robust_2_255_balanced_accuracy"].notna().any()
@@ -80,7 +87,7 @@ def glance_table(frame: pd.DataFrame, results: Sequence[ModelResult]) -> pd.Data
     rows = []
     for role, cell in glance_cells(frame):
         src = frame[frame["cell"] == cell].iloc[0]
-        row = {"model": role, "cell": cell, "seeds": int(src["seeds"])}
+        row = {"model": SUBJECT_ROLE if single else role, "cell": cell, "seeds": int(src["seeds"])}
         for col in wanted:
             if col == "autoattack_balanced_accuracy":
                 row[col], row[col + LOW], row[col + HIGH] = _autoattack(results, cell)
@@ -98,17 +105,21 @@ def _pct(row: pd.Series, key: str) -> str:
 
 
 def glance_sentences(
-    table: pd.DataFrame, frame: pd.DataFrame, results: Sequence[ModelResult]
+    table: pd.DataFrame,
+    frame: pd.DataFrame,
+    results: Sequence[ModelResult],
+    subject: str | None = None,
 ) -> list[str]:
-    """Three plain sentences over the mini-table: what the undefended model scores and what
-    an invisible attack leaves of it, what the best defence buys and costs, and what the
-    paper's budgets do."""
+    """Three plain sentences over the mini-table: what the undefended model (or the one
+    ``subject`` of a single-model report) scores and what an invisible attack leaves of it,
+    what the best defence buys and costs, and what the paper's budgets do."""
     rows = {r["model"]: r for _, r in table.iterrows()}
-    v = rows["no defence"]
+    v = rows[SUBJECT_ROLE if subject else "no defence"]
     nv = nv_baseline(results)
     base = f" (always answering 'nevus' scores {nv:.1f} % accuracy)" if nv is not None else ""
+    who = f"The model evaluated, {subject}," if subject else "Without a defence the classifier"
     s = [
-        f"Without a defence the classifier gets {_pct(v, 'clean_balanced_accuracy')} balanced "
+        f"{who} gets {_pct(v, 'clean_balanced_accuracy')} balanced "
         f"accuracy on clean test images, where guessing gets {CHANCE:.1f} %{base}."
     ]
     if "robust_2_255_balanced_accuracy" in table:
@@ -140,6 +151,7 @@ def glance_sentences(
 
 __all__ = [
     "CHANCE",
+    "SUBJECT_ROLE",
     "glance_cells",
     "glance_sentences",
     "glance_table",

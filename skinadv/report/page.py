@@ -36,6 +36,7 @@ class Report:
     table_flags: dict[str, list[str]] = field(default_factory=dict)
     glance: list[str] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)
+    subject: str | None = None
 
     def lead(self) -> tuple[str, str]:
         """The headline as (verdict, the rest)."""
@@ -91,6 +92,10 @@ CAPTIONS = {
     "table1_vanilla": "The CNN trained without adversarial examples. Its transfer sets were "
     "crafted against this very model, so the two protocols coincide here; the paper reports "
     "accuracy only.",
+    "table1_subject": "The model evaluated: clean and attacked with FGSM and PGD at the "
+    "paper's budgets. White-box re-runs each attack against it; transfer scores it on the "
+    "attacks crafted against the transfer source named above (itself by default, so the two "
+    "protocols coincide); the paper's row is its undefended CNN, for scale.",
     "paired_differences": "What each model changes, seed by seed: its figure minus the vanilla "
     "model's of the same seed (same split), clinical figures first, and its own white-box "
     "minus transfer figure; the mean over the seeds both have, with the 95 % t-interval of "
@@ -148,9 +153,10 @@ Section = tuple[str, str, str, Any]
 def sections(report: Report) -> list[Section]:
     """The page's sections in order; those without content are left out."""
     t, f = report.tables, report.figures
-    out: list[Section] = [
-        ("Table 1 — the vanilla model", CAPTIONS["table1_vanilla"], "table", "table1_vanilla"),
-    ]
+    first = ("Table 1 — the vanilla model", CAPTIONS["table1_vanilla"])
+    if report.subject:  # one model (skinadv evaluate): no grid, no best split, no cells
+        first = (f"Table 1 — {report.subject}", CAPTIONS["table1_subject"])
+    out: list[Section] = [(*first, "table", "table1_vanilla")]
     if "paired_differences" in t:
         out.append(
             (
@@ -160,14 +166,15 @@ def sections(report: Report) -> list[Section]:
                 "paired_differences",
             )
         )
-    out += [
-        (
-            "Table 2 — best split per method",
-            CAPTIONS["table2_best_split"],
-            "table",
-            "table2_best_split",
-        ),
-    ]
+    if not (report.subject and t["table2_best_split"].empty):
+        out.append(
+            (
+                "Table 2 — best split per method",
+                CAPTIONS["table2_best_split"],
+                "table",
+                "table2_best_split",
+            )
+        )
     if "accuracy_vs_fraction" in f:
         out.append(
             (
@@ -203,7 +210,8 @@ def sections(report: Report) -> list[Section]:
     if report.notes:
         out.append(("Where the two protocols disagree", "", "notes", report.notes))
     out.append(("Sanity checks", CAPTIONS["checks"], "checks", report.checks))
-    out.append(("All cells", CAPTIONS["grid_all_cells"], "table", "grid_all_cells"))
+    if not (report.subject and t["grid_all_cells"].empty):
+        out.append(("All cells", CAPTIONS["grid_all_cells"], "table", "grid_all_cells"))
     sweeps = [n for n in t if n.startswith("sweep_")]
     if sweeps:
         out.append(("Attack strength sweeps", CAPTIONS["sweeps"], "tables", sweeps))

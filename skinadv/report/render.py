@@ -93,6 +93,7 @@ def build_report(
     champions: Sequence[Mapping[str, Any]] = (),
     eps_scale: Sequence[tuple[float, Any, str]] = (),
     links: Mapping[str, str] | None = None,
+    subject: str | None = None,
 ) -> Report:
     """Tables, figures and sentences from every model's results.
 
@@ -108,12 +109,15 @@ def build_report(
             ``cell``, ``seed``, the validation figure it was chosen by).
         eps_scale: ``eps_scale_images``' output: one image clean and attacked at each eps.
         links: ``{cell: URL}``, the MLflow run each cell name links to in the HTML page.
+        subject: a single-model report (``skinadv evaluate``): the one model's name, e.g.
+            ``net.pt2 (export)``. The words name it where the grid's say "the vanilla
+            CNN", and the grid's empty sections (best split, all cells) are left out.
 
     Raises:
         ValueError: no results, or no vanilla model among them.
     """
     frame = results_frame(results)
-    glance = glance_table(frame, results)
+    glance = glance_table(frame, results, single=subject is not None)
     tables = {
         "at_a_glance": glance,
         "table1_vanilla": table1(frame),
@@ -170,7 +174,7 @@ def build_report(
         figures["eps_scale"] = eps_scale_figure(eps_scale)
     return Report(
         title=title,
-        headline=headline(frame, results, checks),
+        headline=headline(frame, results, checks, subject=subject),
         tables=tables,
         figures=figures,
         notes=protocol_notes(frame),
@@ -179,8 +183,9 @@ def build_report(
         table_notes=notes,
         table_flags={"autoattack": autoattack_flags(autoattack)} if not autoattack.empty else {},
         verdict=" ".join(verdict(frame, results)),
-        glance=glance_sentences(glance, frame, results),
+        glance=glance_sentences(glance, frame, results, subject=subject),
         links=dict(links or {}),
+        subject=subject,
     )
 
 

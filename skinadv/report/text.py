@@ -208,7 +208,10 @@ def _where(names: Sequence[str], total: int, noun: str = "cell") -> str:
 
 
 def headline(
-    frame: pd.DataFrame, results: Sequence[ModelResult], checks: Sequence[Check] = ()
+    frame: pd.DataFrame,
+    results: Sequence[ModelResult],
+    checks: Sequence[Check] = (),
+    subject: str | None = None,
 ) -> str:
     """The lead paragraph: the verdict (``verdict``), the vanilla model's clean and
     white-box numbers beside the paper's, the best defence by white-box PGD accuracy, how
@@ -219,12 +222,15 @@ def headline(
         frame: ``results_frame(results)`` (percent, mean over seeds).
         results: the same results (for the attacks' eps).
         checks: the sanity checks, counted.
+        subject: the one model of a single-model report (``skinadv evaluate``), named in
+            place of "the vanilla CNN".
     """
     v = vanilla_row(frame)
     s = verdict(frame, results)
     mel = v.get("clean_mel_recall", np.nan)
     s.append(
-        f"The vanilla CNN reaches {v['clean_balanced_accuracy']:.1f} % clean balanced accuracy"
+        f"{subject or 'The vanilla CNN'} reaches {v['clean_balanced_accuracy']:.1f} % clean "
+        "balanced accuracy"
         + ("" if pd.isna(mel) else f" and {mel:.1f} % melanoma recall")
         + f"; its accuracy is {v['clean_accuracy']:.1f} % (the paper reports "
         f"{PAPER_VANILLA['clean']:.2f} %; {baseline_words(results)})."

@@ -97,3 +97,23 @@ def test_cell_names_link_to_their_mlflow_runs(tmp_path):
     save_report(rep, tmp_path)
     html = (tmp_path / "report.html").read_text()
     assert f"<a href='{url}' title='its MLflow run'>pgd-at@2_255</a>" in html
+
+
+def test_a_single_model_report_names_its_model(tmp_path):
+    """``skinadv evaluate --out`` on one model: the words name that model where the grid's
+    say "the vanilla CNN" / "without a defence", and the grid's empty sections (best split,
+    all cells) are left out; the same results without a subject keep the grid's page."""
+    one = [scored("vanilla", 0, top=0.2)]
+    rep = report(one, subject="lesions.pt2 (export)")
+    save_report(rep, tmp_path / "one")
+    md = (tmp_path / "one" / "report.md").read_text()
+    assert "The model evaluated, lesions.pt2 (export), gets" in md
+    assert "lesions.pt2 (export) reaches" in md and "## Table 1 — lesions.pt2 (export)" in md
+    assert "| this model |" in md and "| no defence |" not in md
+    for grid_words in ("vanilla CNN", "Without a defence", "## Table 2", "## All cells"):
+        assert grid_words not in md, grid_words
+    html = (tmp_path / "one" / "report.html").read_text()
+    assert "lesions.pt2 (export)" in html and "All cells" not in html
+    save_report(report(one), tmp_path / "grid")
+    md = (tmp_path / "grid" / "report.md").read_text()
+    assert "The vanilla CNN reaches" in md and "## Table 2" in md and "## All cells" in md
