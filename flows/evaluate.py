@@ -24,25 +24,25 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     model_validator,
 )
 
 from flows.grid import settle, write_report
 from skinadv import tracking
-from skinadv.commands import model_sources
-from skinadv.commands.evaluation import eps_list, robust_config
-from skinadv.commands.evaluation_run import EvalRequest
-from skinadv.commands.experiment_shared import experiment_config
-from skinadv.config import describe_error, load_preset, parse_overrides
 from skinadv.data.io import atomic_write_bytes
-from skinadv.data.sources import absolute_spec
-from skinadv.models.adapters import parse_classes, parse_normalize
-from skinadv.models.sources import FACTORY_RE, source_kind
 from skinadv.report.markup import cells_as_code
 from skinadv.results import eps_text
-from tasks.evaluate import EvaluatedModel, evaluate_model, model_versions
+from tasks.evaluate import (
+    EvalRequest,
+    EvaluatedModel,
+    check_options,
+    evaluate_model,
+    is_factory,
+    model_labels,
+    model_versions,
+    pin_spec,
+)
 from tasks.resources import cluster_gpus
 
 SUMMARY_KEY = "skinadv-evaluate-report"
@@ -91,7 +91,7 @@ class EvaluateParams(BaseModel):
     @model_validator(mode="after")
     def _valid(self, info: ValidationInfo) -> EvaluateParams:
         # workers run in other folders: pin relative paths here
-        self.models = [_pinned_model(s) for s in self.models]
+        self.models = [pin_spec(s) for s in self.models]
         if len(set(self.models)) != len(self.models):
             twice = next(s for s in self.models if self.models.count(s) > 1)
             raise ValueError(f"model {twice} is given twice")
@@ -102,34 +102,20 @@ class EvaluateParams(BaseModel):
             )
         if self.registered_model is not None:
             name = self.registered_model.strip()
-            if not name or name.startswith(model_sources.MLFLOW_SCHEMES):
+            if not name or name.startswith(("models:/", "runs:/")):
                 raise ValueError(
                     f"registered_model {self.registered_model!r}: a registered model's name, "
                     "e.g. my-model (a models:/ URI goes into models)"
                 )
             self.registered_model = name
         if self.weights is not None:
-            if self.registered_model or any(not FACTORY_RE.match(s) for s in self.models):
+            if self.registered_model or any(not is_factory(s) for s in self.models):
                 raise ValueError("weights go with package.module:factory models only")
-            if not model_sources.is_mlflow_uri(self.weights):
-                self.weights = str(Path(self.weights).expanduser().resolve())
-        if self.classes is not None:
-            parse_classes(self.classes)
-        if self.normalize is not None:
-            if len(self.normalize) != 2:
-                raise ValueError("normalize takes [MEAN, STD], e.g. ['0.5', '0.25']")
-            parse_normalize(*self.normalize)
-        # a bad preset, override, budget or attack fails here, before anything runs
-        try:
-            if self.data is None:
-                self.data = load_preset(self.preset, parse_overrides(self.overrides)).data.spec
-            self.data = absolute_spec(self.data)
-            cfg = experiment_config(self.preset, self.overrides, self.data)
-            robust_config(cfg, eps=self.eps, attacks=self.attacks)
-        except ValidationError as exc:  # the preset's own: one line naming the setting
-            raise ValueError(describe_error(exc)) from None
-        if self.autoattack_eps is not None:
-            eps_list(self.autoattack_eps, "autoattack_eps")
+            self.weights = pin_spec(self.weights, what="weights")
+        if self.normalize is not None and len(self.normalize) != 2:
+            raise ValueError("normalize takes [MEAN, STD], e.g. ['0.5', '0.25']")
+        # a bad preset, override, budget, attack, class order or normalisation fails here
+        self.data = check_options(self.request(""))
         return self
 
     @classmethod
@@ -155,18 +141,6 @@ class EvaluateParams(BaseModel):
 
     def report_dir(self) -> Path:
         return Path(self.out_dir or Path("runs/evaluate") / self.experiment).resolve()
-
-
-def _pinned_model(spec: str) -> str:
-    """The SPEC as a worker in another folder reads it; ValueError for a form we cannot read."""
-    spec = spec.strip()
-    if model_sources.is_mlflow_uri(spec):
-        model_sources.parse_mlflow_uri(spec)
-        return spec
-    if not Path(spec).expanduser().exists() and FACTORY_RE.match(spec):
-        return spec
-    source_kind(Path(spec).expanduser())  # no such file: one line naming it
-    return str(Path(spec).expanduser().resolve())
 
 
 @dataclass(frozen=True)
@@ -220,32 +194,6 @@ def model_resources() -> dict[str, float]:
     if not cluster_gpus():
         return {"num_cpus": 1}
     return {"num_cpus": 1, "num_gpus": float(os.environ.get("SKINADV_GPU_PER_CELL") or 1.0)}
-
-
-def model_label(spec: str) -> str:
-    """A model's name in the Prefect UI and its report folder: ``my-model v3``,
-    ``my-model@champion``, ``run 1a2b3c4d weights``, a file's name, a factory's function."""
-    if model_sources.is_mlflow_uri(spec):
-        parts = model_sources.parse_mlflow_uri(spec)
-        if "version" in parts:
-            return f"{parts['name']} v{parts['version']}"
-        if "alias" in parts:
-            return f"{parts['name']}@{parts['alias']}"
-        return f"run {parts['run_id'][:8]} {parts['path']}"
-    if FACTORY_RE.match(spec) and not Path(spec).exists():
-        return spec.rpartition(":")[2]
-    return Path(spec).name
-
-
-def model_labels(specs: list[str]) -> list[str]:
-    """``model_label`` of each, made unique (``model.pt``, ``model.pt (2)``)."""
-    labels: list[str] = []
-    for spec in specs:
-        label, n = model_label(spec), 2
-        while label in labels:
-            label, n = f"{model_label(spec)} ({n})", n + 1
-        labels.append(label)
-    return labels
 
 
 def folder_name(label: str) -> str:
@@ -306,7 +254,5 @@ __all__ = [
     "EvaluationFailed",
     "evaluate_flow",
     "folder_name",
-    "model_label",
-    "model_labels",
     "summary_markdown",
 ]

@@ -18,10 +18,18 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
+from pydantic import ValidationError
 
 from skinadv import tracking
+from skinadv.commands import model_sources
+from skinadv.commands.evaluation import eps_list, robust_config
 from skinadv.commands.evaluation_run import EvalRequest, registered_versions, run_evaluation
+from skinadv.commands.experiment_shared import experiment_config
+from skinadv.config import describe_error, load_preset, parse_overrides
+from skinadv.data.sources import absolute_spec
 from skinadv.evaluation.checks import Check
+from skinadv.models.adapters import parse_classes, parse_normalize
+from skinadv.models.sources import FACTORY_RE, source_kind
 from skinadv.results import ModelResult
 from tasks.grid import key_figure, use_assigned_resources
 
@@ -48,6 +56,84 @@ class EvaluatedModel:
     report: dict[str, bytes] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
+
+
+def is_factory(spec: str) -> bool:
+    """Whether SPEC names a ``package.module:factory`` (and no file of that name exists)."""
+    return bool(FACTORY_RE.match(spec)) and not Path(spec).expanduser().exists()
+
+
+def pin_spec(spec: str, *, what: str = "model") -> str:
+    """A model (or weights) SPEC as a worker in another folder reads it: MLflow URIs checked
+    and kept, a ``package.module:factory`` kept, local paths made absolute.
+
+    Raises:
+        ValueError: a malformed MLflow URI, or no such file (one line naming it).
+    """
+    spec = spec.strip()
+    if model_sources.is_mlflow_uri(spec):
+        model_sources.parse_mlflow_uri(spec)
+        return spec
+    if what == "model" and is_factory(spec):
+        return spec
+    path = Path(spec).expanduser()
+    if what == "model":
+        source_kind(path)  # no such file: one line naming it
+    elif not path.exists():
+        raise ValueError(f"{what} {spec}: no such file or folder")
+    return str(path.resolve())
+
+
+def check_options(req: EvalRequest) -> str:
+    """The options of a request that need no model (preset, overrides, budgets, attacks,
+    class order, normalisation) checked as ``skinadv evaluate`` checks them; returns the
+    data SPEC with local paths made absolute (None: the preset's).
+
+    Raises:
+        ValueError: the first fault, in one line naming the setting.
+    """
+    try:
+        data = req.data
+        if data is None:
+            data = load_preset(req.preset, parse_overrides(list(req.overrides))).data.spec
+        data = absolute_spec(data)
+        cfg = experiment_config(req.preset, list(req.overrides), data)
+        robust_config(cfg, eps=req.eps, attacks=req.attacks)
+    except ValidationError as exc:  # the preset's own: one line naming the setting
+        raise ValueError(describe_error(exc)) from None
+    if req.autoattack_eps is not None:
+        eps_list(req.autoattack_eps, "autoattack_eps")
+    if req.classes is not None:
+        parse_classes(req.classes)
+    if req.normalize is not None:
+        parse_normalize(*req.normalize)
+    return data
+
+
+def model_label(spec: str) -> str:
+    """A model's name in the Prefect UI and its report folder: ``my-model v3``,
+    ``my-model@champion``, ``run 1a2b3c4d weights``, a file's name, a factory's function."""
+    if model_sources.is_mlflow_uri(spec):
+        parts = model_sources.parse_mlflow_uri(spec)
+        if "version" in parts:
+            return f"{parts['name']} v{parts['version']}"
+        if "alias" in parts:
+            return f"{parts['name']}@{parts['alias']}"
+        return f"run {parts['run_id'][:8]} {parts['path']}"
+    if is_factory(spec):
+        return spec.rpartition(":")[2]
+    return Path(spec).name
+
+
+def model_labels(specs: list[str]) -> list[str]:
+    """``model_label`` of each, made unique (``model.pt``, ``model.pt (2)``)."""
+    labels: list[str] = []
+    for spec in specs:
+        label, n = model_label(spec), 2
+        while label in labels:
+            label, n = f"{model_label(spec)} ({n})", n + 1
+        labels.append(label)
+    return labels
 
 
 def _no_retry_on_bad_input(task: Any, task_run: Any, state: State) -> bool:
@@ -120,4 +206,14 @@ def evaluate_model(request: EvalRequest, *, label: str, flow_run_id: str = "") -
     return Completed(data=model, message=f"{key_figure(done.result)}{where}")
 
 
-__all__ = ["EvaluatedModel", "evaluate_model", "model_versions"]
+__all__ = [
+    "EvalRequest",
+    "EvaluatedModel",
+    "check_options",
+    "evaluate_model",
+    "is_factory",
+    "model_label",
+    "model_labels",
+    "model_versions",
+    "pin_spec",
+]

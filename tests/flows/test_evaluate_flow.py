@@ -20,13 +20,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from flows.evaluate import (
-    EvaluateParams,
-    EvaluationFailed,
-    evaluate_flow,
-    folder_name,
-    model_labels,
-)
+from flows.evaluate import EvaluateParams, EvaluationFailed, evaluate_flow, folder_name
+from tasks.evaluate import model_labels
 
 TINY = [
     "data.subset=200",
@@ -63,6 +58,7 @@ def checkpoint(tmp_path) -> Path:
         ({"models": ["{ckpt}", "{ckpt}"]}, "is given twice"),
         ({"registered_model": "models:/m/1"}, "a registered model's name, e.g. my-model"),
         ({"models": ["{ckpt}"], "weights": "w.pt"}, "weights go with package.module:factory"),
+        ({"models": ["pkg.mod:net"], "weights": "nowhere.pt"}, "weights nowhere.pt: no such"),
         ({"models": ["{ckpt}"], "versions": "latest"}, "'newest' or 'all'"),
         ({"models": ["{ckpt}"], "eps": "2/255,x"}, "cannot read 'x'"),
         ({"models": ["{ckpt}"], "attacks": "pgd,cw"}, "unknown attack 'cw'"),
