@@ -25,6 +25,7 @@ from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flows.cancel import cancellable
 from skinadv import experiment as exp
 from skinadv import tracking, tracking_ui
 from skinadv.config import ExperimentConfig, grid_config
@@ -113,7 +114,9 @@ def grid_flow(params: GridParams = GridParams()) -> GridOutcome:  # noqa: B008
     """Train and score the methods x fractions grid; reuse finished models unless ``force``."""
     cfg = params.config()
     out_dir = report_dir(params)
-    with grid_run(params, cfg) as grid:  # the grid's MLflow parent run, owned here
+    # cancellable outside grid_run: the parent run sees SystemExit (KILLED), the engine a
+    # cancel (CANCELLED)
+    with cancellable(), grid_run(params, cfg) as grid:  # the MLflow parent run, owned here
         data = prepare_data.submit(cfg, grid)
         models: dict[str, PrefectFuture] = {}
         # on GPUs the share depends on the training set's size: wait for it only there
