@@ -153,6 +153,8 @@ def grid_flow(params: GridParams = GridParams()) -> GridOutcome:  # noqa: B008
         checks, report = gather.submit(cfg, data, done, grid=grid, context=context).result()
         files = write_report(report, out_dir)
         publish(done, files, grid)
+        if done and not failed and all(m.reused for m in done):
+            publish_nothing_to_do(done, data.result().fingerprint, exp.config_hash(cfg))
         if failed:
             raise GridFailed(
                 f"{len(failed)} model(s) failed: {', '.join(failed)}; rerun to retry them "
@@ -227,6 +229,22 @@ def publish(models: list[TrainedModel], files: dict[str, str], grid: GridRun) ->
         link=tracking.run_url(grid.parent_run_id),
         link_text="MLflow parent run",
         key="skinadv-grid-mlflow",
+    )
+
+
+def publish_nothing_to_do(models: list[TrainedModel], fingerprint: str, config: str) -> None:
+    """A rerun that trained nothing (a cron rerun with the same data, code and settings)
+    says so in the Prefect UI, with what it checked."""
+    create_markdown_artifact(
+        markdown=(
+            f"**Nothing to do: all {len(models)} models reused.** Each model's complete MLflow "
+            f"run was found for the same data (fingerprint `{fingerprint}`), code (skinadv "
+            f"`{exp.__version__}`) and settings (grid config `{config}`); the report was "
+            "rebuilt from them. A rerun trains a model only when one of these changes, or "
+            "with `force`."
+        ),
+        key="skinadv-grid-rerun",
+        description="skinadv grid: what this rerun had to do",
     )
 
 

@@ -310,7 +310,7 @@ def test_on_the_fly_defences_and_the_robust_curve(harness):
     assert float(run_.data.params["train_eps"]) == pytest.approx(8 / 255)
     # per method, the model most robust on the validation split is the registry's champion
     for method in ("fgsm", "pgd-at"):
-        version, run_id, tags = tracking.champion(f"skinadv-f-def-{method}")
+        _, run_id, tags = tracking.champion(f"skinadv-f-def-{method}")
         mine = [r for r in out.results if r.method == method]
         best = max(mine, key=lambda r: r.validation_metrics()["val_robust_2_255_balanced_accuracy"])
         assert run_id == best.run_id and tags["method"] == method and tags["cell"] == best.cell
@@ -321,6 +321,14 @@ def test_on_the_fly_defences_and_the_robust_curve(harness):
     assert_nothing_running("f-def")
     again = run(harness, "f-def", methods=["fgsm"], fractions=[1.0], overrides=TINY + extra)
     assert again.trained == [] and "pgd-at@8_255 s0" in again.reused
+    # the rerun that trained nothing says so on its flow run, with what it checked
+    from prefect.artifacts import Artifact
+
+    note = Artifact.get("skinadv-grid-rerun")
+    assert note is not None and str(note.flow_run_id) == again.flow_run_id
+    assert "Nothing to do: all 3 models reused" in note.data and d.run_id not in note.data
+    data_fp = mlflow.MlflowClient().get_run(d.run_id).data.params["data_fingerprint"]
+    assert data_fp in note.data
 
 
 def assert_champion_by_uri_gives_the_logged_figures(name: str, overrides: list[str]) -> None:
