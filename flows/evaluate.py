@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from flows.cancel import cancellable
 from flows.grid import settle, write_report
 from skinadv import tracking
 from skinadv.data.io import atomic_write_bytes
@@ -173,7 +174,8 @@ def evaluate_flow(params: EvaluateParams) -> EvaluateOutcome:
             futures[label] = evaluate_model.submit(
                 params.request(spec), label=label, flow_run_id=flow_run_id
             )
-    done, failed = settle(futures)
+    with cancellable():  # Cancel in the UI ends the run CANCELLED (flows/cancel.py)
+        done, failed = settle(futures)
     out_dir = params.report_dir()
     reports = {
         m.label: write_report(m.report, out_dir / folder_name(m.label))["report.html"] for m in done
