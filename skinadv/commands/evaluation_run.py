@@ -27,7 +27,6 @@ from skinadv.commands.experiment_shared import (
 )
 from skinadv.evaluation import sanity_checks
 from skinadv.evaluation.checks import Check
-from skinadv.models import load_model
 from skinadv.results import PROTOCOLS, ModelResult, eps_text
 from skinadv.results import Evaluation as ProtocolEvaluation
 from skinadv.training import prepare_data, select_device
@@ -42,7 +41,8 @@ class EvalRequest:
             an MLflow ``models:/`` / ``runs:/`` URI).
         data: data SPEC (None: the preset's).
         protocol: ``transfer``, ``whitebox`` or ``both`` (the report and run need both).
-        source_model: the vanilla checkpoint whose transfer sets score the model.
+        source_model: the model the transfer sets are crafted against (any source
+            ``model_sources.load`` reads; canonical class order, [0, 1] input).
         eps, attacks, targeted, targeted_eps, autoattack_eps: the CLI's comma lists
             (``2/255,8/255``; ``pgd,apgd-ce``; ``mel->nv``), None: the preset's.
         out: folder for the grid's report of this model (None: no report).
@@ -54,7 +54,7 @@ class EvalRequest:
     model: str
     data: str | None = None
     protocol: str = "both"
-    source_model: Path | None = None
+    source_model: str | Path | None = None
     eps: str | None = None
     attacks: str | None = None
     targeted: str | None = None
@@ -144,8 +144,11 @@ def run_evaluation(
     source, source_path, source_seed = net, model, seed
     source_model = req.source_model
     if source_model is not None and "transfer" in protocols:
-        source, src_meta = load_model(source_model, device)
-        exp.check_model_data(src_meta, cfg, prep.fingerprint, f"--source-model {source_model}")
+        what = f"--source-model {source_model}"
+        source, src_meta = model_sources.load(str(source_model))  # any source, as --model
+        source.to(device)
+        model_sources.check(source, src_meta, cfg.data.size, what)
+        check_data(src_meta, cfg, prep, what)
         source_path = source_model
         source_seed = int(src_meta.get("seed", seed))  # as the grid crafts them
         if meta.get("vanilla_hash") not in (None, src_meta.get("config_hash")):

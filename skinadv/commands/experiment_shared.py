@@ -4,7 +4,6 @@ and the helpers that read the preset, check a model's data and print the results
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -54,11 +53,12 @@ NormalizeOpt = Annotated[
 
 
 SourceModelOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--source-model",
-        help="The vanilla model (a skinadv checkpoint): train crafts its adversarial pool "
-        "against it; evaluate scores on the transfer sets crafted against it (default: --model).",
+        help="The vanilla model: train crafts its adversarial pool against it (a skinadv "
+        "checkpoint); evaluate scores on the transfer sets crafted against it (any --model "
+        "source; default: --model).",
     ),
 ]
 AttackOpt = Annotated[

@@ -199,6 +199,20 @@ def test_data_is_resized_to_the_size_the_model_was_exported_for(models, ham_npz)
     assert figures(run("attack", models["big"], ham_npz, "--set", "data.size=32", "--json"))
 
 
+def test_transfer_sets_from_a_foreign_source_model(models, ham_npz):
+    """``evaluate --source-model`` takes any source: sets crafted against a TorchScript copy
+    of the model score it as its own sets do; another model's sets score it otherwise."""
+    own = figures(run("evaluate", models["export"], ham_npz, "--protocol", "transfer", "--json"))
+    src = ["--source-model", models["torchscript"], "--protocol", "transfer", "--json"]
+    res = run("evaluate", models["export"], ham_npz, *src)
+    assert figures(res) == own
+    assert json.loads(res.stdout)["source_model"] == models["torchscript"]
+    other = ["--source-model", models["hmnist"], "--protocol", "transfer", "--json"]
+    assert figures(run("evaluate", models["export"], ham_npz, *other)) != own
+    res = run("evaluate", models["export"], ham_npz, "--source-model", models["softmax"])
+    assert res.exit_code == 2 and "--source-model" in res.stderr and "probabilities" in res.stderr
+
+
 @pytest.mark.parametrize(
     "name, extra, message",
     [
