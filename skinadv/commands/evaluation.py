@@ -179,11 +179,16 @@ def write_report(
     title: str,
     context: Mapping[str, Any],
     checks: Sequence[Check],
+    subject: str | None = None,
 ) -> dict[str, Path]:
-    """The grid's report (``build_report`` / ``save_report``) for this one model."""
+    """The grid's report (``build_report`` / ``save_report``) for this one model, named
+    ``subject`` in its words (e.g. ``net.pt2 (export)``) where the grid's name the vanilla
+    CNN."""
     from skinadv.report import build_report, save_report
 
-    report = build_report([for_report(result)], title=title, context=context, checks=checks)
+    report = build_report(
+        [for_report(result)], title=title, context=context, checks=checks, subject=subject
+    )
     written = save_report(report, out)
     import matplotlib.pyplot as plt
 
@@ -203,13 +208,15 @@ def log_run(
     params: Mapping[str, Any],
     tags: Mapping[str, str],
     files: Sequence[Path] = (),
+    name: str | None = None,
 ) -> str:
-    """One MLflow run owned here from start to end: the grid cells' metric names
-    (``flat_metrics``, plus AutoAttack's ``extra``), ``evaluation.json`` and the report's
-    files. It carries no config-hash tag, so the grid never reuses it as a trained cell."""
+    """One MLflow run owned here from start to end (named ``name``, default ``evaluate
+    CELL``): the grid cells' metric names (``flat_metrics``, plus AutoAttack's ``extra``),
+    ``evaluation.json`` and the report's files. It carries no config-hash tag, so the grid
+    never reuses it as a trained cell."""
     from skinadv import tracking
 
-    name = f"evaluate {result.cell}"
+    name = name or f"evaluate {result.cell}"
     with tracking.owned_run(
         experiment, name=name, kind="evaluation", params=params,
         tags={tracking.TAG_CELL: result.cell, **tags},

@@ -200,9 +200,15 @@ def run_evaluation(
         ),
     }
     files: dict[str, Path] = {}
+    # the model as the report and the MLflow run name it: a skinadv model by its cell and
+    # seed, another by its source (it sits where the grid's vanilla CNN does)
+    kind = f"{cell}, seed {seed}" if meta["source"] == "skinadv" else meta["source"]
+    subject = f"{Path(str(model)).name} ({kind})"
     if req.out is not None and result is not None:
-        title = f"skinadv evaluate: {cell} ({Path(str(model)).name}, preset {cfg.name})"
-        files = ev.write_report(result, req.out, title=title, context=context, checks=checks)
+        title = f"skinadv evaluate: {subject}, preset {cfg.name}"
+        files = ev.write_report(
+            result, req.out, title=title, context=context, checks=checks, subject=subject
+        )
     run_id = None
     if ev.mlflow_configured() and result is not None:
         params = {
@@ -221,7 +227,10 @@ def run_evaluation(
         }
         run_tags = {"skinadv.model_config_hash": meta.get("config_hash") or "none", **(tags or {})}
         pages = [files[k] for k in ("report.md", "report.html") if k in files]
-        run_id = ev.log_run(req.experiment, result, params=params, tags=run_tags, files=pages)
+        run_id = ev.log_run(
+            req.experiment, result, params=params, tags=run_tags, files=pages,
+            name=f"evaluate {subject}",
+        )  # fmt: skip
     # ModelResult.to_dict(); for one protocol, the same shape with that protocol alone
     payload = result.to_dict() if result else {"cell": cell, "seed": seed}
     if result is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,11 +158,16 @@ def test_evaluate_writes_the_grids_report_and_logs_a_run(vanilla, ham_npz, tmp_p
     assert (out / "report.html").is_file() and (out / "robust_vs_eps.png").is_file()
     assert "Robust accuracy vs eps" in md and "Targeted" in md
     assert p["report"]["report.md"] == str(out / "report.md")
+    # a one-model report names its model (cell and seed) and leaves out the grid's sections
+    subject = f"{Path(vanilla).name} (vanilla, seed 0)"
+    assert md.startswith(f"# skinadv evaluate: {subject}, preset quick")
+    assert f"## Table 1 — {subject}" in md and "## All cells" not in md
 
     import mlflow
 
     run = mlflow.MlflowClient().get_run(p["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["skinadv.kind"] == "evaluation"
+    assert run.info.run_name == f"evaluate {subject}"
     assert "skinadv.config_hash" not in run.data.tags  # never reused as a trained grid cell
     expected = ModelResult.from_dict(p).flat_metrics()
     assert "robust_2_255_balanced_accuracy" in run.data.metrics
