@@ -18,8 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
 from prefect import flow, runtime
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.futures import PrefectFuture, wait
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
@@ -32,7 +37,7 @@ from skinadv.config import ExperimentConfig, grid_config
 from skinadv.data.io import atomic_write_bytes
 from skinadv.data.sources import absolute_spec
 from skinadv.evaluation.checks import Check
-from skinadv.report.markup import cells_as_code
+from skinadv.report.markup import cells_as_code, table_records
 from skinadv.results import ModelResult
 from skinadv.stack import worker_env
 from skinadv.training import composes_mix
@@ -225,6 +230,12 @@ def publish(models: list[TrainedModel], files: dict[str, str], grid: GridRun) ->
         key="skinadv-grid-report",
         description="skinadv grid: result tables and sanity checks",
     )
+    if "at_a_glance.csv" in files:  # the report's first table: vanilla, best cell, best defence
+        create_table_artifact(
+            table=table_records(pd.read_csv(files["at_a_glance.csv"])),
+            key="skinadv-grid-key-results",
+            description="skinadv grid: key results (mean ± 95 % half-width over seeds, %)",
+        )
     create_link_artifact(
         link=tracking.run_url(grid.parent_run_id),
         link_text="MLflow parent run",

@@ -76,6 +76,13 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def table_records(df: pd.DataFrame) -> list[dict[str, str]]:
+    """The table as rows of ``{human header: "mean ± half-width"}`` (e.g. for a Prefect
+    table artifact), the same cells as ``markdown_table``."""
+    cols = {c: column_label(c).full for c in _shown(df)}
+    return [{cols[c]: f"{t} {pm}".strip() for c, t, pm in cells} for _, cells in _rows(df)]
+
+
 def _md_table(report: Report, name: str) -> list[str]:
     note = report.table_notes.get(name)
     return [markdown_table(report.tables[name]), ""] + ([f"*{note}.*", ""] if note else [])

@@ -318,6 +318,7 @@ def test_on_the_fly_defences_and_the_robust_curve(harness):
         # true at the end: every white-box budget it was scored at, the robust curve's too
         assert tags["tested_eps"] == "2/255, 8/255, 0.2, 0.3"
     assert_champion_by_uri_gives_the_logged_figures("skinadv-f-def-pgd-at", TINY + extra)
+    assert_key_results_table(out)
     assert_nothing_running("f-def")
     again = run(harness, "f-def", methods=["fgsm"], fractions=[1.0], overrides=TINY + extra)
     assert again.trained == [] and "pgd-at@8_255 s0" in again.reused
@@ -329,6 +330,23 @@ def test_on_the_fly_defences_and_the_robust_curve(harness):
     assert "Nothing to do: all 3 models reused" in note.data and d.run_id not in note.data
     data_fp = mlflow.MlflowClient().get_run(d.run_id).data.params["data_fingerprint"]
     assert data_fp in note.data
+
+
+def assert_key_results_table(out) -> None:
+    """The flow run's table artifact holds the report's first table: vanilla, the best
+    static cell and the best defence, with their figures as mean ± half-width."""
+    import json
+
+    from prefect.artifacts import Artifact
+
+    table = Artifact.get("skinadv-grid-key-results")
+    assert table is not None and table.type == "table"
+    assert str(table.flow_run_id) == out.flow_run_id
+    rows = json.loads(table.data)
+    assert [r["Cell"] for r in rows] == ["vanilla", "fgsm@1", "pgd-at@8_255"], rows
+    vanilla = next(r for r in out.results if r.cell == "vanilla")
+    clean = next(v for k, v in rows[0].items() if k.startswith("Clean bal. acc."))
+    assert clean.startswith(f"{100 * vanilla.transfer.metrics['clean']['balanced_accuracy']:.1f}")
 
 
 def assert_champion_by_uri_gives_the_logged_figures(name: str, overrides: list[str]) -> None:
