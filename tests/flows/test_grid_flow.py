@@ -319,6 +319,7 @@ def test_on_the_fly_defences_and_the_robust_curve(harness):
         assert tags["tested_eps"] == "2/255, 8/255, 0.2, 0.3"
     assert_champion_by_uri_gives_the_logged_figures("skinadv-f-def-pgd-at", TINY + extra)
     assert_key_results_table(out)
+    assert_run_graph_edges(out)
     assert_nothing_running("f-def")
     again = run(harness, "f-def", methods=["fgsm"], fractions=[1.0], overrides=TINY + extra)
     assert again.trained == [] and "pgd-at@8_255 s0" in again.reused
@@ -330,6 +331,27 @@ def test_on_the_fly_defences_and_the_robust_curve(harness):
     assert "Nothing to do: all 3 models reused" in note.data and d.run_id not in note.data
     data_fp = mlflow.MlflowClient().get_run(d.run_id).data.params["data_fingerprint"]
     assert data_fp in note.data
+
+
+def assert_run_graph_edges(out) -> None:
+    """Prefect's run graph draws an edge where a task took another's result: data to
+    vanilla, vanilla to its pool and to the defence, the pool (and vanilla) to the cell."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[out.flow_run_id]))
+        )
+    ids = {t.name: str(t.id) for t in tasks}
+    upstream = {
+        t.name: {str(i.id) for inputs in t.task_inputs.values() for i in inputs if hasattr(i, "id")}
+        for t in tasks
+    }
+    assert ids["prepare data"] in upstream["vanilla s0"]
+    assert ids["vanilla s0"] in upstream["pool fgsm s0"]
+    assert {ids["pool fgsm s0"], ids["vanilla s0"]} <= upstream["fgsm@1 s0"]
+    assert ids["vanilla s0"] in upstream["pgd-at@8_255 s0"]
 
 
 def assert_key_results_table(out) -> None:
