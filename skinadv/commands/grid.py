@@ -307,8 +307,11 @@ def grid(
                     *(f"{d.name} s{s}" for d in cfg.defences),
                 ]
             ]
+            from skinadv.commands.ray_errors import listener_to_log
+
+            quiet = contextlib.nullcontext() if verbose else listener_to_log()
             try:
-                with GridProgress(labels, name, console):
+                with GridProgress(labels, name, console), quiet:  # Ray's errors: the log
                     outcome = grid_flow.with_options(task_runner=runner, flow_run_name=name)(
                         GridParams(**params)
                     )

@@ -4,10 +4,16 @@ A thread polls the task runs of one flow run (found by its unique name) and show
 per model: its stage, elapsed time and, when it is done, the key figure its task put in
 its final state's message. On a terminal the table redraws in place; in a log (CI, a
 pipe) one line is printed as each model finishes, so the output stays short.
+
+A model task that Ray runs again (its worker died: Ray reruns a task whose worker dies,
+up to its ``max_retries``, under the same Prefect task run) gets one line of its own, on a
+terminal too: Prefect's own retries enter Running under the name "Retrying", Ray's rerun
+under the name "Running" again (or Pending first), with a new state.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +40,36 @@ class Row:
     stage: str = "queued"
     seconds: float | None = None
     figure: str = ""
+    running_state: object = None  # the id of the Running state last seen
+    reruns: int = 0  # times Ray ran the task again after its worker died
+
+
+def ray_attempts() -> int:
+    """How many times Ray runs a task whose worker dies: 1 + its ``max_retries`` (3 unless
+    ``RAY_TASK_MAX_RETRIES`` says otherwise; the grid's tasks set none)."""
+    from ray._private.ray_constants import DEFAULT_TASK_MAX_RETRIES
+
+    return 1 + int(os.environ.get("RAY_TASK_MAX_RETRIES", DEFAULT_TASK_MAX_RETRIES))
+
+
+def rerun_by_ray(row: Row, state) -> bool:
+    """Whether ``state`` (a task run's current state) shows Ray running the task again
+    since ``row`` last saw it Running; records the Running state it sees in ``row``."""
+    if state is None or row.running_state is None:
+        if state is not None and state.type.value == "RUNNING":
+            row.running_state = state.id
+        return False
+    kind = state.type.value
+    if kind == "PENDING":  # the rerun's task run starts over: Pending, then Running
+        row.running_state = None
+        return True
+    if kind == "SCHEDULED":  # AwaitingRetry: Prefect's retry, not Ray's
+        row.running_state = None
+        return False
+    if kind != "RUNNING" or state.id == row.running_state:
+        return False
+    row.running_state = state.id
+    return state.name != "Retrying"
 
 
 def _stage(state) -> str:
@@ -71,6 +107,7 @@ class GridProgress:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="grid-progress", daemon=True)
         self._live: Live | None = None
+        self.attempts = ray_attempts()
 
     def __enter__(self) -> GridProgress:
         if self.console.is_terminal:
@@ -128,6 +165,11 @@ class GridProgress:
             if row is None or row.stage in FINAL:
                 continue
             stage = _stage(tr.state)
+            if rerun_by_ray(row, tr.state):
+                row.reruns += 1
+                self._print_rerun(tr.name, row)
+            if stage == "queued" and row.reruns and row.running_state is None:
+                stage = "retrying"  # Ray's rerun, not yet running again
             if stage == "queued" and _pool_of(tr.name) in crafting:
                 stage = "crafting pool"
             start = tr.start_time
@@ -143,6 +185,14 @@ class GridProgress:
         if self._live is not None:
             self._live.update(self.table(), refresh=True)
 
+    def _print_rerun(self, label: str, row: Row) -> None:
+        self.console.print(
+            f"[dim]{time.monotonic() - self.started:5.0f}s[/] [yellow]"
+            f"{rerun_line(label, row.reruns, self.attempts)}[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
+
     def _print_line(self, label: str, row: Row) -> None:
         done = sum(r.stage in FINAL for r in self.rows.values())
         self.console.print(
@@ -152,6 +202,11 @@ class GridProgress:
             highlight=False,
             soft_wrap=True,
         )
+
+
+def rerun_line(label: str, reruns: int, attempts: int) -> str:
+    """``pgd@0.4 s0: its Ray worker died; Ray runs it again (attempt 2 of 4)``."""
+    return f"{label}: its Ray worker died; Ray runs it again (attempt {reruns + 1} of {attempts})"
 
 
 def _pool_of(label: str) -> str:
