@@ -47,9 +47,9 @@ class Row:
 def ray_attempts() -> int:
     """How many times Ray runs a task whose worker dies: 1 + its ``max_retries`` (3 unless
     ``RAY_TASK_MAX_RETRIES`` says otherwise; the grid's tasks set none)."""
-    from ray._private.ray_constants import DEFAULT_TASK_MAX_RETRIES
-
-    return 1 + int(os.environ.get("RAY_TASK_MAX_RETRIES", DEFAULT_TASK_MAX_RETRIES))
+    # Ray's DEFAULT_TASK_MAX_RETRIES, not imported: this runs in the polling thread, and an
+    # import of ray there races the main thread's import of it (a half-imported ray package)
+    return 1 + int(os.environ.get("RAY_TASK_MAX_RETRIES", "3"))
 
 
 def rerun_by_ray(row: Row, state) -> bool:

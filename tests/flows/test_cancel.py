@@ -118,8 +118,15 @@ def test_a_served_run_cancelled_mid_model_stops_and_a_rerun_completes(
         assert run["state"]["type"] == "CANCELLED", (run["state"], _log_tail(log))
         # the Ray head outlives the flow-run process: no task of the cancelled run on it
         _wait("its Ray tasks to end", lambda: not ray_task_processes() or None, 30, log)
+        # the flow-run process closes its MLflow runs before it exits (slow on a loaded host)
+        _wait(
+            "no MLflow run left RUNNING",
+            lambda: all(r.info.status != "RUNNING" for r in runs()) or None,
+            60,
+            log,
+            interval=1,
+        )
         after = {r.info.run_id: r for r in runs()}
-        assert [r.info.run_id for r in after.values() if r.info.status == "RUNNING"] == []
         for v in victims:
             assert after[v.info.run_id].info.status == "KILLED", v.data.tags.get("skinadv.cell")
         parents = [r for r in after.values() if r.data.tags.get("skinadv.kind") == "parent"]

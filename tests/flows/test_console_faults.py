@@ -62,7 +62,9 @@ def test_a_killed_worker_is_one_console_line(real_npz, tmp_path):
         victim, deadline = None, time.monotonic() + 300
         try:
             while victim is None:
-                assert proc.poll() is None, "the grid ended before the vanilla model trained"
+                assert proc.poll() is None, (
+                    "the grid ended before the vanilla model trained: " + proc.stderr.read()[-3000:]
+                )
                 assert time.monotonic() < deadline, "the vanilla model did not train in 5 min"
                 victim = _victim(client, "console-fault")
                 time.sleep(0.1)
@@ -76,10 +78,10 @@ def test_a_killed_worker_is_one_console_line(real_npz, tmp_path):
     print(console)
     log = (run_dir / "logs" / "grid.log").read_text()
     assert proc.returncode == 0, err[-4000:]
-    assert "worker died" not in console.lower(), console
+    assert "a worker died or was killed" not in console.lower(), console  # Ray's words
     assert "retries remaining" not in console, console
     assert not ANSI.search(console), console
     ours = [line for line in console.splitlines() if "its Ray worker died" in line]
     assert len(ours) == 1, console
     assert "vanilla s0" in ours[0] and "attempt 2 of 4" in ours[0], ours
-    assert "worker died" in log.lower() and "retries remaining" in log, log[-4000:]
+    assert "a worker died or was killed" in log.lower() and "retries remaining" in log, log[-4000:]

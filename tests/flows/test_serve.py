@@ -213,6 +213,17 @@ def test_serve_registers_schedule_runs_from_api_and_stops(
             "gather report",
         } <= set(names)
         assert "PGD white-box" in names["fgsm@0.2 s0"]["state"]["message"]
+        # the run graph's edges on Ray too: data -> vanilla -> pool -> cell
+        up = {
+            t["name"]: {
+                i["id"] for v in t["task_inputs"].values() for i in v
+                if i.get("input_type") == "task_run"
+            }
+            for t in tasks
+        }  # fmt: skip
+        assert names["prepare data"]["id"] in up["vanilla s0"]
+        assert names["vanilla s0"]["id"] in up["pool fgsm s0"]
+        assert names["pool fgsm s0"]["id"] in up["fgsm@0.2 s0"]
         # the outcome is published on the flow run: the report and a link to MLflow
         arts = prefect_api(
             "POST",
