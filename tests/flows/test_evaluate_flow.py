@@ -341,7 +341,8 @@ def test_served_evaluation_of_two_models(stack, real_npz, tmp_path, monkeypatch,
         assert deps["it-evaluate-grid"]["schedules"] == []  # the grid's as before: no --cron
         defaults = dep["parameters"]["params"]
         assert (defaults["registered_model"], defaults["versions"]) == (REGISTERED, "newest")
-        assert defaults["models"] == [] and defaults["data"] == str(real_npz)
+        # serve pins the data path resolved (../shared may be a symlink, as in CI)
+        assert defaults["models"] == [] and defaults["data"] == str(real_npz.resolve())
         assert defaults["out_dir"] == str((run_dir / "evaluate").resolve())
         assert "EvaluateParams" in dep["parameter_openapi_schema"]["definitions"]
 

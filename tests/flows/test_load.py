@@ -1,10 +1,9 @@
 """Load: one running stack (`skinadv up`, reached through the variables it prints) takes
 four grids started at once, and one served deployment takes three runs triggered at once.
 Every grid and every run finishes with exactly its own runs in MLflow: one FINISHED parent,
-one FINISHED child per model, nothing RUNNING, nothing counted twice. (Two identical grids
-at once, each model trained once between them: tests/flows/test_grid_overlap.py, the same
-assertions on Prefect's test harness; tests/core/test_lease.py, the lease across
-processes.)"""
+one FINISHED child per model, nothing RUNNING, nothing counted twice. Two identical grids
+at once in one experiment train each model once between them (the model lease; the same
+assertions on Prefect's test harness: tests/flows/test_grid_overlap.py)."""
 
 from __future__ import annotations
 
@@ -178,3 +177,65 @@ def test_three_served_runs_at_once(up, real_npz, tmp_path, prefect_api):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_two_identical_grids_at_once_train_each_model_once(up, real_npz, tmp_path):
+    """Issue 23: two identical grids started at once in one experiment. Both exit 0, each
+    model is trained once in all (the trained counts add up to the models), each config
+    hash has one FINISHED complete run and nothing is RUNNING; a grid that met the other's
+    live run says it waited for it and reused it, and its own claim was ended KILLED."""
+    experiment = "load-overlap"
+    models = ["pgd@0.4", "pgd@0.8", "vanilla"]
+    procs = []
+    t0 = time.monotonic()
+    for i in range(2):
+        cmd = grid_command(
+            tmp_path / f"overlap-{i}",
+            real_npz,
+            experiment,
+            "--methods",
+            "pgd",
+            "--fractions",
+            "0.4,0.8",
+        )
+        with (
+            open(tmp_path / f"overlap-{i}.out", "w") as out,
+            open(tmp_path / f"overlap-{i}.err", "w") as err,
+        ):  # the grid keeps its own copies of the files
+            procs.append(subprocess.Popen(cmd, env=up, stdout=out, stderr=err))
+    codes = [p.wait(timeout=1200) for p in procs]
+    seconds = time.monotonic() - t0
+    errs = [(tmp_path / f"overlap-{i}.err").read_text() for i in range(2)]
+    assert codes == [0, 0], [e[-3000:] for e in errs]
+    outcomes = [json.loads((tmp_path / f"overlap-{i}.out").read_text()) for i in range(2)]
+    assert sorted(m for o in outcomes for m in o["trained"]) == sorted(f"{m} s0" for m in models)
+    for o in outcomes:
+        assert len(o["trained"]) + len(o["reused"]) == len(models)
+    runs = _runs_by_experiment(up["MLFLOW_TRACKING_URI"], experiment)
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    parents = [r for r in runs if r.data.tags.get("skinadv.kind") == "parent"]
+    assert sorted(r.info.status for r in parents) == ["FINISHED", "FINISHED"]
+    children = [r for r in runs if r.data.tags.get("skinadv.kind") != "parent"]
+    complete = {
+        r.info.run_id: r
+        for r in children
+        if r.info.status == "FINISHED" and r.data.tags.get("skinadv.complete") == "true"
+    }
+    hashes = [r.data.tags["skinadv.config_hash"] for r in complete.values()]
+    assert len(hashes) == len(set(hashes)) == len(models)
+    assert sorted(r.data.tags["skinadv.cell"] for r in complete.values()) == models
+    # every other model run is a loser's own claim, ended at once and naming the owner
+    lost = [r for r in children if r.info.run_id not in complete]
+    for r in lost:
+        assert r.info.status == "KILLED", r.data.tags
+        why = r.data.tags.get("skinadv.error", "")
+        assert why.startswith("lost the claim to run ") and why.split()[-1] in complete, why
+    waited = [i for i, e in enumerate(errs) if "waited for and reused MLflow run" in e]
+    assert waited, errs
+    assert all(outcomes[i]["reused"] for i in waited)
+    counts = [(len(o["trained"]), len(o["reused"])) for o in outcomes]
+    print(
+        f"\ntwo identical grids at once: {seconds:.0f} s; (trained, reused) per grid {counts}; "
+        f"{len(lost)} losing claim(s) KILLED; the waiting grid's lines:\n"
+        + "\n".join(ln for i in waited for ln in errs[i].splitlines() if "waited for" in ln)
+    )
